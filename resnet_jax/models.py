@@ -1,0 +1,274 @@
+"""The residual (and plain) networks of He et al., "Deep Residual Learning for Image Recognition".
+
+All modules take NHWC images and keep batch-norm statistics in the ``batch_stats`` collection:
+
+    logits = model.apply(variables, x, train=False)
+    logits, updates = model.apply(variables, x, train=True, mutable=["batch_stats"])
+    logits, feats = model.apply(variables, x, features=True)   # stem, stage1..N, pre_logits
+
+Names follow the paper: Table 1 (ImageNet), Sec. 4.2 (CIFAR, 6n+2 layers), Sec. 3.3 (shortcut options).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+ModuleDef = Any
+
+# Sec. 3.4 / [He et al. 2015, "Delving deep into rectifiers"]: zero-mean Gaussian with std sqrt(2/n).
+# n counts the outputs of a unit (k*k*c_out), as in the authors' Torch reproduction.
+conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+
+SHORTCUTS = ("A", "B", "C")
+VERSIONS = ("v1", "v1.5")
+
+
+def _conv(features: int, kernel: int, strides: int = 1, **kw: Any) -> nn.Conv:
+    """A bias-free convolution padded by kernel // 2 on every side, as in the paper's Caffe/Torch models.
+
+    Explicit symmetric padding (not 'SAME') keeps the sampling grid of strided convolutions identical to
+    PyTorch's, so imported weights give identical outputs.
+    """
+    pad = kernel // 2
+    return nn.Conv(features, (kernel, kernel), (strides, strides), padding=((pad, pad), (pad, pad)),
+                   use_bias=False, kernel_init=conv_init, **kw)
+
+
+class Shortcut(nn.Module):
+    """The shortcut connection of Sec. 3.3.
+
+    A: identity; where dimensions grow, subsample by the stride and zero-pad the new channels (equally
+       before and after). Parameter-free.
+    B: a 1x1 projection (with BN) only where dimensions change, identity elsewhere.
+    C: a 1x1 projection (with BN) on every shortcut.
+    """
+
+    features: int
+    strides: int
+    option: str
+    conv: ModuleDef
+    norm: ModuleDef
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        changes = self.strides != 1 or x.shape[-1] != self.features
+        if self.option == "C" or (self.option == "B" and changes):
+            x = self.conv(self.features, 1, self.strides, name="conv")(x)
+            return self.norm(name="bn")(x)
+        if not changes:
+            return x
+        x = x[:, :: self.strides, :: self.strides]
+        extra = self.features - x.shape[-1]
+        return jnp.pad(x, ((0, 0), (0, 0), (0, 0), (extra // 2, extra - extra // 2)))
+
+
+class ResidualBlock(nn.Module):
+    """A residual block, y = relu(F(x) + shortcut(x)) (Eq. 1-2), or its plain twin y = relu(F(x)).
+
+    ``bottleneck=False``: two 3x3 convolutions (Fig. 5 left, ResNet-18/34 and the CIFAR nets).
+    ``bottleneck=True``: 1x1 reduce, 3x3, 1x1 expand by 4 (Fig. 5 right, ResNet-50/101/152). The paper
+    downsamples in the first 1x1 convolution ("v1"); torchvision does it in the 3x3 ("v1.5").
+    """
+
+    filters: int
+    strides: int
+    conv: ModuleDef
+    norm: ModuleDef
+    bottleneck: bool = False
+    residual: bool = True
+    shortcut: str = "B"
+    version: str = "v1"
+    zero_init_residual: bool = False
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        if self.bottleneck:
+            s1, s3 = (self.strides, 1) if self.version == "v1" else (1, self.strides)
+            layers = [(self.filters, 1, s1), (self.filters, 3, s3), (self.filters * 4, 1, 1)]
+        else:
+            layers = [(self.filters, 3, self.strides), (self.filters, 3, 1)]
+        y = x
+        for i, (features, kernel, strides) in enumerate(layers, 1):
+            y = self.conv(features, kernel, strides, name=f"conv{i}")(y)
+            last = i == len(layers)
+            scale_init = nn.initializers.zeros if last and self.zero_init_residual else nn.initializers.ones
+            y = self.norm(name=f"bn{i}", scale_init=scale_init)(y)
+            if not last:
+                y = nn.relu(y)
+        if self.residual:
+            y = y + Shortcut(y.shape[-1], self.strides, self.shortcut, self.conv, self.norm, name="shortcut")(x)
+        return nn.relu(y)
+
+
+class Stage(nn.Module):
+    """A stack of blocks at one resolution; the first may downsample (Table 1's conv2_x ... conv5_x).
+
+    With ``scan=True`` the identical blocks after the first are one ``nn.scan`` over stacked parameters
+    (``blocks``, leading axis = block index), so compile time no longer grows with depth.
+    """
+
+    num_blocks: int
+    filters: int
+    strides: int
+    block: Callable[..., nn.Module]
+    scan: bool = False
+    remat: bool = False
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        block = nn.remat(self.block) if self.remat else self.block
+        x = block(self.filters, self.strides, name="block0")(x)
+        if self.scan and self.num_blocks > 1:
+            body = nn.scan(lambda mdl, carry, _: (mdl(carry), None),
+                           variable_axes={"params": 0, "batch_stats": 0},
+                           split_rngs={"params": True}, length=self.num_blocks - 1)
+            x, _ = body(block(self.filters, 1, name="blocks"), x, None)
+        else:
+            for j in range(1, self.num_blocks):
+                x = block(self.filters, 1, name=f"block{j}")(x)
+        return x
+
+
+class ResNet(nn.Module):
+    """A residual network (or, with ``residual=False``, the plain baseline of the same depth).
+
+    ``stem="imagenet"``: 7x7/2 convolution with 64 filters, BN, ReLU, 3x3/2 max-pool (Table 1).
+    ``stem="cifar"``: 3x3 convolution with ``widths[0]`` filters, BN, ReLU (Sec. 4.2).
+    Stages follow with ``stage_sizes`` blocks of ``widths`` filters, the first stage at stride 1 and every
+    later one at stride 2, then global average pooling and a fully-connected classifier.
+    """
+
+    stage_sizes: Sequence[int]
+    widths: Sequence[int] = (64, 128, 256, 512)
+    stem: str = "imagenet"
+    bottleneck: bool = False
+    residual: bool = True
+    shortcut: str = "B"
+    version: str = "v1"
+    num_classes: int = 1000
+    zero_init_residual: bool = False
+    bn_momentum: float = 0.9
+    bn_epsilon: float = 1e-5
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+    scan: bool = False
+    remat: bool = False
+
+    @nn.compact
+    def __call__(self, x: Array, train: bool = False, features: bool = False) -> Array | tuple[Array, dict]:
+        conv = functools.partial(_conv, dtype=self.dtype, param_dtype=self.param_dtype)
+        norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=self.bn_momentum,
+                                 epsilon=self.bn_epsilon, dtype=self.dtype, param_dtype=self.param_dtype)
+        block = functools.partial(ResidualBlock, conv=conv, norm=norm, bottleneck=self.bottleneck,
+                                  residual=self.residual, shortcut=self.shortcut, version=self.version,
+                                  zero_init_residual=self.zero_init_residual)
+        out = {}
+        x = jnp.asarray(x, self.dtype)
+        if self.stem == "imagenet":
+            x = nn.relu(norm(name="bn1")(conv(64, 7, 2, name="conv1")(x)))
+            x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+        else:
+            x = nn.relu(norm(name="bn1")(conv(self.widths[0], 3, 1, name="conv1")(x)))
+        out["stem"] = x
+        for i, (size, width) in enumerate(zip(self.stage_sizes, self.widths, strict=True)):
+            x = Stage(size, width, 1 if i == 0 else 2, block, self.scan, self.remat, name=f"stage{i + 1}")(x)
+            out[f"stage{i + 1}"] = x
+        x = out["pre_logits"] = jnp.mean(x, axis=(1, 2))
+        x = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype, name="fc")(x)
+        x = out["logits"] = jnp.asarray(x, jnp.float32)
+        return (x, out) if features else x
+
+
+# One registry of named variants: name -> ResNet fields (paper Table 1 and Sec. 4.2).
+_IMAGENET = dict(stem="imagenet", widths=(64, 128, 256, 512), shortcut="B", num_classes=1000)
+_CIFAR = dict(stem="cifar", widths=(16, 32, 64), shortcut="A", num_classes=10)
+_BLOCKS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
+
+MODELS: dict[str, dict[str, Any]] = {}
+for _depth, _sizes in _BLOCKS.items():
+    MODELS[f"resnet{_depth}"] = dict(_IMAGENET, stage_sizes=_sizes, bottleneck=_depth >= 50)
+for _depth in (18, 34):
+    MODELS[f"plain{_depth}"] = dict(MODELS[f"resnet{_depth}"], residual=False)
+for _depth in (20, 32, 44, 56, 110, 1202):  # 6n + 2 layers
+    MODELS[f"cifar_resnet{_depth}"] = dict(_CIFAR, stage_sizes=((_depth - 2) // 6,) * 3)
+    if _depth != 1202:
+        MODELS[f"cifar_plain{_depth}"] = dict(MODELS[f"cifar_resnet{_depth}"], residual=False)
+
+# Options a user may set through create_model (architecture fields stay fixed by the name).
+OPTIONS = ("num_classes", "shortcut", "version", "zero_init_residual", "bn_momentum", "bn_epsilon",
+           "dtype", "param_dtype", "scan", "remat")
+
+
+def list_models() -> list[str]:
+    """The names ``create_model`` accepts."""
+    return sorted(MODELS)
+
+
+def create_model(name: str, **options: Any) -> ResNet:
+    """Build a registered network, e.g. ``create_model("resnet50", num_classes=100, dtype="bfloat16")``.
+
+    Options: num_classes, shortcut ("A", "B" or "C"), version ("v1" or "v1.5"), zero_init_residual,
+    bn_momentum, bn_epsilon, dtype, param_dtype, scan, remat.
+    """
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; valid names: {', '.join(list_models())}")
+    unknown = sorted(set(options) - set(OPTIONS))
+    if unknown:
+        raise ValueError(f"unknown option(s) {', '.join(unknown)} for {name}; valid options: {', '.join(OPTIONS)}")
+    if options.get("shortcut", "A") not in SHORTCUTS:
+        raise ValueError(f"shortcut must be one of {SHORTCUTS}, got {options['shortcut']!r}")
+    if options.get("version", "v1") not in VERSIONS:
+        raise ValueError(f"version must be one of {VERSIONS}, got {options['version']!r}")
+    for key in ("dtype", "param_dtype"):
+        if key in options:
+            options[key] = jnp.dtype(options[key])
+    return ResNet(**dict(MODELS[name], **options))
+
+
+def convert_layout(variables: dict, scan: bool) -> dict:
+    """Move variables between the unrolled layout (``stageI/blockJ``) and the scanned one
+    (``stageI/block0`` + ``stageI/blocks`` stacked on a leading axis). Other entries pass through."""
+
+    def stage(tree: dict) -> dict:
+        tree = dict(tree)
+        if scan and "block1" in tree:
+            rest = [tree.pop(f"block{j}") for j in range(1, len(tree))]
+            tree["blocks"] = jax.tree.map(lambda *xs: jnp.stack(xs), *rest)
+        elif not scan and "blocks" in tree:
+            stacked = tree.pop("blocks")
+            for j in range(jax.tree.leaves(stacked)[0].shape[0]):
+                tree[f"block{j + 1}"] = jax.tree.map(lambda x, j=j: x[j], stacked)
+        return tree
+
+    return {col: {k: stage(v) if k.startswith("stage") else v for k, v in tree.items()}
+            for col, tree in variables.items()}
+
+
+def count_params(tree: Any) -> int:
+    """Number of scalars in a pytree (e.g. ``variables["params"]``: BN scale/bias count, statistics not)."""
+    return sum(x.size for x in jax.tree.leaves(tree))
+
+
+def abstract_variables(model: nn.Module, image_size: int) -> Any:
+    """The model's variables as shapes only (``jax.eval_shape``): free, whatever the depth."""
+    return jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, image_size, image_size, 3))))
+
+
+def multiply_adds(model: nn.Module, image_size: int = 224, compiled: bool = True) -> float:
+    """Multiply-adds per image of the eval forward pass, from XLA's cost analysis (FLOPs / 2), as in Table 1.
+
+    ``compiled=False`` analyses the lowered, unoptimised program instead: no compilation (seconds even for
+    cifar_resnet1202), about 3 % lower because XLA has not yet expanded batch norm and pooling.
+    """
+    x = jax.ShapeDtypeStruct((1, image_size, image_size, 3), jnp.float32)
+    lowered = jax.jit(lambda v, x: model.apply(v, x)).lower(abstract_variables(model, image_size), x)
+    cost = lowered.compile().cost_analysis() if compiled else lowered.cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    return cost["flops"] / 2
