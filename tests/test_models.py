@@ -189,9 +189,9 @@ def test_scanned_blocks_match_unrolled_numerics(r20):
 
 
 def test_create_model_errors():
-    with pytest.raises(ValueError, match="unknown model 'resnet51'.*resnet50"):
+    with pytest.raises(ValueError, match=r"unknown model 'resnet51'.*resnet50"):
         create_model("resnet51")
-    with pytest.raises(ValueError, match="unknown option.*widht.*valid options.*num_classes"):
+    with pytest.raises(ValueError, match=r"unknown option.*widht.*valid options.*num_classes"):
         create_model("resnet50", widht=3)
     with pytest.raises(ValueError, match="shortcut must be one of"):
         create_model("resnet50", shortcut="D")
