@@ -1,0 +1,93 @@
+"""Input-pipeline throughput on a folder of JPEGs, optionally beside the reference Flax ImageNet example's
+tf.data preprocessing of the same files, in the same process.
+
+    python benchmarks/input_pipeline.py --images=DIR --preset=inception|imagenet|center|10 \
+        [--reference=PATH/TO/flax/examples/imagenet] [--output=out.json]
+
+``--reference`` names a checkout of google/flax's examples/imagenet; its ``input_pipeline`` module is imported
+from there (nothing of it is copied here) and its ``preprocess_for_train`` / ``preprocess_for_eval`` are mapped
+over the same files with the same parallelism and batching. Reported: images/s (median over passes) and per core.
+"""
+
+import argparse
+import glob
+import json
+import os
+import statistics
+import sys
+import time
+
+import numpy as np
+
+from resnet_jax import data
+
+
+def throughput(make_dataset, n: int, passes: int) -> float:
+    """Median images/s over ``passes`` full passes (after one warm-up pass that also fills the page cache)."""
+    rates = []
+    for i in range(passes + 1):
+        start = time.perf_counter()
+        count = sum(len(b) for b in make_dataset().as_numpy_iterator())
+        assert count == n, (count, n)
+        if i:
+            rates.append(n / (time.perf_counter() - start))
+    return statistics.median(rates)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--images", required=True, help="folder of JPEG files (searched recursively)")
+    parser.add_argument("--preset", default="inception", choices=["inception", "imagenet", "center", "10"])
+    parser.add_argument("--image_size", type=int, default=224)
+    parser.add_argument("--batch_size", type=int, default=64)
+    parser.add_argument("--passes", type=int, default=3)
+    parser.add_argument("--reference", help="path to flax/examples/imagenet for a same-run comparison")
+    parser.add_argument("--output")
+    args = parser.parse_args()
+    tf = data._tf()
+    files = sorted(glob.glob(os.path.join(args.images, "**", "*.JPEG"), recursive=True)
+                   + glob.glob(os.path.join(args.images, "**", "*.jpg"), recursive=True))
+    if not files:
+        sys.exit(f"no JPEG files under {args.images}")
+    n = len(files)
+    train = args.preset in data.TRAIN_PRESETS
+
+    def ours():
+        ds = tf.data.Dataset.from_tensor_slices(files).enumerate()
+
+        def prepare(i, path):
+            raw = tf.io.read_file(path)
+            if train:
+                return data.train_preprocess(raw, tf.stack([tf.constant(0, tf.int64), i]), args.preset, args.image_size)
+            return data.eval_preprocess(raw, args.preset, args.image_size)
+
+        return ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE).batch(args.batch_size).prefetch(tf.data.AUTOTUNE)
+
+    result = dict(preset=args.preset, images=n, image_size=args.image_size, batch_size=args.batch_size,
+                  cores=os.cpu_count(), tensorflow=tf.__version__)
+    result["images_per_second"] = throughput(ours, n, args.passes)
+    if args.reference:
+        sys.path.insert(0, args.reference)
+        import input_pipeline as reference
+
+        fn = reference.preprocess_for_train if train else reference.preprocess_for_eval
+
+        def theirs():
+            ds = tf.data.Dataset.from_tensor_slices(files)
+            ds = ds.map(lambda p: fn(tf.io.read_file(p), tf.float32, args.image_size),
+                        num_parallel_calls=tf.data.AUTOTUNE)
+            return ds.batch(args.batch_size).prefetch(tf.data.AUTOTUNE)
+
+        result["reference_images_per_second"] = throughput(theirs, n, args.passes)
+        result["speedup_vs_reference"] = result["images_per_second"] / result["reference_images_per_second"]
+    result["images_per_second_per_core"] = result["images_per_second"] / result["cores"]
+    print(f"{'preset':>10} {'images/s':>10} {'per core':>9} {'reference':>10}")
+    print(f"{args.preset:>10} {result['images_per_second']:10.1f} {result['images_per_second_per_core']:9.1f} "
+          f"{result.get('reference_images_per_second', np.nan):10.1f}")
+    if args.output:
+        with open(args.output, "w") as f:
+            json.dump(result, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

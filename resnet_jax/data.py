@@ -1,0 +1,394 @@
+"""Input pipelines: TFDS datasets and image folders, the paper's augmentations, evaluation views.
+
+Every pipeline yields numpy batches ``{"image": uint8 NHWC, "label": int32, "mask": bool}`` for this JAX
+process; ``to_global`` turns them into ``jax.Array``s sharded over all devices of all processes.
+Normalisation happens on the accelerator (``normalize``), so the host ships uint8.
+
+Determinism: the order of an epoch is a pure function of (seed, epoch), and every random augmentation of an
+example a pure function of (seed, epoch, position), so ``train_batches(start_step=k)`` yields exactly the
+batches an uninterrupted run would have seen from step k, without decoding the skipped examples.
+Multi-host: global batch k holds positions [kB, (k+1)B) of the epoch; process p takes its contiguous
+B/P slice of it, so the global batch does not depend on the number of processes.
+
+TensorFlow is imported lazily: the models and training on in-memory data run without it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp")
+# ImageNet statistics in [0, 255] (per channel) and the PCA of its RGB pixels (AlexNet [21], Sec. 3.4).
+IMAGENET_MEAN = (123.675, 116.28, 103.53)
+IMAGENET_STD = (58.395, 57.12, 57.375)
+PCA_EIGVAL = (0.2175, 0.0188, 0.0045)
+PCA_EIGVEC = ((-0.5675, 0.7192, 0.4009), (-0.5808, -0.0045, -0.8140), (-0.5836, -0.6948, 0.4203))
+TRAIN_PRESETS = ("cifar", "imagenet", "inception")
+EVAL_PRESETS = ("cifar", "center", "10", "multiscale")
+MULTISCALE_SIZES = (224, 256, 384, 480, 640)
+
+
+def _tf():
+    import tensorflow as tf  # lazily: only the pipelines need TensorFlow
+
+    tf.config.set_visible_devices([], "GPU")  # keep TF off the accelerator JAX uses
+    return tf
+
+
+class DataError(ValueError):
+    """A dataset that cannot be read as asked (missing split, empty class, unprepared TFDS dataset...)."""
+
+
+# ----------------------------------------------------------------------------------------------- sources
+
+
+@dataclasses.dataclass
+class Source:
+    """One split of a dataset: encoded images in a fixed order, their labels and the class names."""
+
+    name: str
+    split: str
+    num_examples: int
+    class_names: list[str]
+    paths: np.ndarray | None = None  # image folders: one file per example
+    labels: np.ndarray | None = None
+    tfds_builder: Any = None  # TFDS: read as a stream of records
+    tfds_split: str | None = None
+
+    def epoch(self, seed: int, epoch: int, shuffle: bool) -> Any:
+        """tf.data of (encoded bytes, label) in this epoch's order (a pure function of seed and epoch)."""
+        tf = _tf()
+        if self.paths is not None:
+            ds = tf.data.Dataset.from_tensor_slices((self.paths, self.labels))
+            if shuffle:
+                order = np.random.default_rng([seed, epoch]).permutation(self.num_examples)
+                ds = tf.data.Dataset.from_tensor_slices((self.paths[order], self.labels[order]))
+            return ds.map(lambda p, y: (tf.io.read_file(p), y), num_parallel_calls=tf.data.AUTOTUNE,
+                          deterministic=True)
+        import tensorflow_datasets as tfds
+
+        read_config = tfds.ReadConfig(shuffle_seed=seed * 100_003 + epoch, interleave_cycle_length=16)
+        ds = self.tfds_builder.as_dataset(split=self.tfds_split, shuffle_files=shuffle, read_config=read_config,
+                                          decoders={"image": tfds.decode.SkipDecoding()})
+        ds = ds.map(lambda ex: (ex["image"], tf.cast(ex["label"], tf.int32)))
+        if shuffle:
+            ds = ds.shuffle(min(self.num_examples, 20_000), seed=seed * 100_003 + epoch,
+                            reshuffle_each_iteration=False)
+        return ds
+
+
+def _is_image(path: str) -> bool:
+    with open(path, "rb") as f:
+        head = f.read(8)
+    return head.startswith((b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM"))
+
+
+def folder_source(root: str, split: str, on_bad_file: str = "warn") -> Source:
+    """``<root>/<split>/<class>/<image>``; labels follow the sorted class folders (as TFDS ImageFolder).
+
+    Files that are not images (by their leading bytes) are skipped with a warning naming each, and a count;
+    ``on_bad_file="raise"`` raises instead.
+    """
+    directory = os.path.join(root, split)
+    if not os.path.isdir(directory):
+        available = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d))) \
+            if os.path.isdir(root) else []
+        raise DataError(f"image folder {root!r} has no split {split!r} (expected {directory}/<class>/<image>); "
+                        f"splits found: {available or 'none'}")
+    classes = sorted(d for d in os.listdir(directory) if os.path.isdir(os.path.join(directory, d)))
+    if not classes:
+        raise DataError(f"{directory} has no class folders (expected {directory}/<class>/<image>)")
+    paths, labels, bad = [], [], []
+    for label, name in enumerate(classes):
+        files = sorted(e.path for e in os.scandir(os.path.join(directory, name)) if e.is_file())
+        good = [p for p in files if p.lower().endswith(IMAGE_EXTENSIONS) and _is_image(p)]
+        bad += sorted(set(files) - set(good))
+        if not good:
+            raise DataError(f"class folder {os.path.join(directory, name)} holds no images")
+        paths += good
+        labels += [label] * len(good)
+    if bad:
+        if on_bad_file == "raise":
+            raise DataError(f"{len(bad)} file(s) in {directory} are not images, e.g. {bad[0]}")
+        for path in bad:
+            log.warning("skipping %s: not an image file", path)
+        log.warning("skipped %d non-image file(s) in %s", len(bad), directory)
+    return Source(f"folder:{root}", split, len(paths), classes, paths=np.array(paths), labels=np.array(labels, np.int32))
+
+
+def tfds_source(name: str, split: str, data_dir: str | None = None) -> Source:
+    """A prepared TFDS dataset (e.g. ``cifar10``, ``imagenet2012``) with TFDS split syntax (``train[:45000]``)."""
+    import tensorflow_datasets as tfds
+
+    try:
+        builder = tfds.builder(name, data_dir=data_dir)
+    except Exception as e:  # DatasetNotFoundError and friends
+        raise DataError(f"unknown TFDS dataset {name!r}: {e}") from e
+    if not builder.is_prepared():
+        hint = (" For imagenet2012, download ILSVRC2012_img_{train,val}.tar by hand into <data_dir>/downloads/manual "
+                "and run `tfds build imagenet2012`." if name.startswith("imagenet") else "")
+        raise DataError(f"TFDS dataset {name!r} is not prepared in {builder.data_dir!r}. Prepare it with "
+                        f"`tfds build {name} --data_dir=DIR` on a machine with internet (or copy a prepared "
+                        f"copy there) and pass that data_dir.{hint}")
+    try:
+        num_examples = builder.info.splits[split].num_examples
+    except Exception as e:
+        raise DataError(f"TFDS dataset {name!r} has no split {split!r}; splits: {list(builder.info.splits)}") from e
+    return Source(name, split, num_examples, list(builder.info.features["label"].names),
+                  tfds_builder=builder, tfds_split=split)
+
+
+def get_source(dataset: str, split: str, data_dir: str | None = None, on_bad_file: str = "warn") -> Source:
+    """``dataset`` is ``"folder:/path/to/root"`` or a TFDS name."""
+    if dataset.startswith("folder:"):
+        return folder_source(dataset[len("folder:"):], split, on_bad_file)
+    return tfds_source(dataset, split, data_dir)
+
+
+# ----------------------------------------------------------------------------------------- preprocessing
+
+
+def _decode(tf, data, accurate: bool, crop=None):
+    """Decode to uint8 RGB (grayscale, CMYK, palette images included), optionally only a crop window
+    [y, x, h, w]; JPEG crops decode fused."""
+    dct = "INTEGER_ACCURATE" if accurate else "INTEGER_FAST"
+
+    def jpeg():
+        if crop is None:
+            return tf.io.decode_jpeg(data, channels=3, dct_method=dct)
+        return tf.image.decode_and_crop_jpeg(data, crop, channels=3, dct_method=dct)
+
+    def other():
+        image = tf.io.decode_image(data, channels=3, expand_animations=False)
+        return image if crop is None else image[crop[0]:crop[0] + crop[2], crop[1]:crop[1] + crop[3]]
+
+    image = tf.cond(tf.io.is_jpeg(data), jpeg, other)
+    image.set_shape([None, None, 3])
+    return image
+
+
+def _resize(tf, image, size):
+    image = tf.image.resize(image, size, method="bilinear", antialias=False)
+    return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
+
+
+def _shape(tf, data):
+    shape = tf.cond(tf.io.is_jpeg(data), lambda: tf.image.extract_jpeg_shape(data),
+                    lambda: tf.shape(tf.io.decode_image(data, channels=3, expand_animations=False)))
+    return shape[0], shape[1]
+
+
+def _uniform(tf, seed, lo, hi):
+    return tf.random.stateless_uniform([], seed, lo, hi)
+
+
+def _flip(tf, image, seed):
+    return tf.cond(_uniform(tf, seed, 0.0, 1.0) < 0.5, lambda: tf.reverse(image, [1]), lambda: image)
+
+
+def train_preprocess(data, seed, preset: str, image_size: int):
+    """One training example: ``cifar`` [4.2], ``imagenet`` [3.4] or ``inception`` (modern option)."""
+    tf = _tf()
+    seeds = tf.random.experimental.stateless_split(seed, 5)
+    if preset == "cifar":  # 4 zero pixels on each side, random crop, flip
+        image = _decode(tf, data, accurate=False)
+        image = tf.pad(image, [[4, 4], [4, 4], [0, 0]])
+        image = tf.image.stateless_random_crop(image, [image_size, image_size, 3], seeds[0])
+        return _flip(tf, image, seeds[1])
+    h, w = _shape(tf, data)
+    if preset == "imagenet":
+        # Shorter side resized to s ~ U[256, 480], then a random 224 crop: equivalently, crop a window of
+        # 224 / scale pixels of the original and resize only that (decoded fused for JPEGs).
+        shorter = tf.cast(tf.minimum(h, w), tf.float32)
+        scale = _uniform(tf, seeds[0], 256.0, 481.0) / shorter
+        side = tf.minimum(tf.cast(tf.round(image_size / scale), tf.int32), tf.minimum(h, w))
+        y = tf.random.stateless_uniform([], seeds[1], 0, h - side + 1, dtype=tf.int32)
+        x = tf.random.stateless_uniform([], seeds[2], 0, w - side + 1, dtype=tf.int32)
+        crop = tf.stack([y, x, side, side])
+    elif preset == "inception":  # random-resized crop: 8-100 % of the area, aspect 3/4-4/3
+        begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
+            tf.stack([h, w, 3]), tf.zeros([1, 0, 4]), seeds[0], min_object_covered=0.1,
+            aspect_ratio_range=(3 / 4, 4 / 3), area_range=(0.08, 1.0), max_attempts=10,
+            use_image_if_no_bounding_boxes=True)
+        crop = tf.stack([begin[0], begin[1], size[0], size[1]])
+    else:
+        raise ValueError(f"unknown train preset {preset!r}; valid: {TRAIN_PRESETS}")
+    image = tf.image.resize(_decode(tf, data, accurate=False, crop=crop), [image_size, image_size])
+    if preset == "imagenet":  # AlexNet PCA colour augmentation, alpha ~ N(0, 0.1)
+        alpha = tf.random.stateless_normal([3], seeds[3], stddev=0.1)
+        offset = tf.linalg.matvec(tf.constant(PCA_EIGVEC), alpha * tf.constant(PCA_EIGVAL)) * 255.0
+        image = image + offset
+    image = tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
+    return _flip(tf, image, seeds[4])
+
+
+def ten_crop_boxes(height: int, width: int, crop: int) -> list[tuple[int, int]]:
+    """Top-left corners of the standard 10-crop views' five crops: four corners, then the centre."""
+    return [(0, 0), (0, width - crop), (height - crop, 0), (height - crop, width - crop),
+            ((height - crop) // 2, (width - crop) // 2)]
+
+
+def eval_preprocess(data, preset: str, image_size: int, resize_size: int | None = None):
+    """Deterministic evaluation views, decoded once with the accurate IDCT (bit-identical to PIL).
+
+    ``cifar``: the image itself. ``center``: shorter side ``resize_size`` (256), central ``image_size`` (224).
+    ``10``: four corners and centre of the resized image, and their horizontal flips -> (10, S, S, 3).
+    """
+    tf = _tf()
+    if preset == "cifar":
+        return _decode(tf, data, accurate=True)
+    resize_size = resize_size or round(image_size * 256 / 224)
+    if preset == "center":  # crop first, resize the window: the same pixels as resize-then-crop, faster
+        h, w = _shape(tf, data)
+        side = tf.cast(tf.round(tf.cast(tf.minimum(h, w), tf.float32) * image_size / resize_size), tf.int32)
+        crop = tf.stack([(h - side) // 2, (w - side) // 2, side, side])
+        return _resize(tf, _decode(tf, data, accurate=True, crop=crop), [image_size, image_size])
+    if preset == "10":
+        image = resize_shorter(tf, _decode(tf, data, accurate=True), resize_size)
+        h, w = tf.shape(image)[0], tf.shape(image)[1]
+        crops = [image[y:y + image_size, x:x + image_size] for y, x in ten_crop_boxes(h, w, image_size)]
+        crops = tf.stack(crops)
+        return tf.concat([crops, tf.reverse(crops, [2])], axis=0)
+    raise ValueError(f"unknown eval preset {preset!r}; valid: {EVAL_PRESETS[:3]}")
+
+
+def resize_shorter(tf, image, size: int):
+    """Resize so that the shorter side is ``size``, keeping the aspect ratio."""
+    h, w = tf.shape(image)[0], tf.shape(image)[1]
+    scale = size / tf.cast(tf.minimum(h, w), tf.float32)
+    new = [tf.cast(tf.round(tf.cast(h, tf.float32) * scale), tf.int32),
+           tf.cast(tf.round(tf.cast(w, tf.float32) * scale), tf.int32)]
+    return _resize(tf, image, tf.maximum(new, size))
+
+
+# ---------------------------------------------------------------------------------------------- batching
+
+
+def _process_slice(tf, ds, batch_size: int, process_index: int, process_count: int):
+    """Keep this process's contiguous slice of every global batch (before any decoding)."""
+    if batch_size % process_count:
+        raise ValueError(f"global batch {batch_size} is not divisible by {process_count} processes")
+    local = batch_size // process_count
+    ds = ds.enumerate()
+    if process_count > 1:
+        ds = ds.filter(lambda i, _: (i // local) % process_count == process_index)
+    return ds, local
+
+
+def train_batches(source: Source, batch_size: int, preset: str, image_size: int, seed: int = 0,
+                  start_step: int = 0, process_index: int | None = None,
+                  process_count: int | None = None) -> Iterator[dict[str, np.ndarray]]:
+    """Endless training batches from ``start_step`` on; each epoch drops its last partial batch."""
+    tf = _tf()
+    process_index, process_count = _processes(process_index, process_count)
+    steps_per_epoch = source.num_examples // batch_size
+    if steps_per_epoch == 0:
+        raise DataError(f"{source.name}:{source.split} has {source.num_examples} examples, fewer than one "
+                        f"batch of {batch_size}")
+    epoch, step_in_epoch = divmod(start_step, steps_per_epoch)
+    while True:
+        ds = source.epoch(seed, epoch, shuffle=True).take(steps_per_epoch * batch_size)
+        ds, local = _process_slice(tf, ds, batch_size, process_index, process_count)
+        ds = ds.skip(step_in_epoch * local)  # records are skipped, never decoded
+        offset = epoch * source.num_examples
+
+        def prepare(i, example, offset=offset):
+            data, label = example
+            seed_ = tf.stack([tf.constant(seed, tf.int64), offset + i])
+            image = train_preprocess(data, seed_, preset, image_size)
+            return {"image": image, "label": label, "mask": tf.constant(True)}
+
+        ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        yield from ds.batch(local, drop_remainder=True).prefetch(tf.data.AUTOTUNE).as_numpy_iterator()
+        epoch, step_in_epoch = epoch + 1, 0
+
+
+def eval_view_shape(preset: str, image_size: int) -> tuple[int, ...]:
+    """Shape of one example's evaluation views."""
+    return (10, image_size, image_size, 3) if preset == "10" else (image_size, image_size, 3)
+
+
+def eval_batches(source: Source, batch_size: int, preset: str, image_size: int, resize_size: int | None = None,
+                 process_index: int | None = None,
+                 process_count: int | None = None) -> Iterator[dict[str, np.ndarray]]:
+    """One pass in order; the last global batch is padded with ``mask=False`` examples (never dropped)."""
+    tf = _tf()
+    process_index, process_count = _processes(process_index, process_count)
+    n = source.num_examples
+    pad = math.ceil(n / batch_size) * batch_size - n
+    ds = source.epoch(0, 0, shuffle=False).map(lambda data, label: (data, label, tf.constant(True)))
+    ds = ds.concatenate(tf.data.Dataset.from_tensors((tf.constant(b""), -1, False)).repeat(pad))
+    ds, local = _process_slice(tf, ds, batch_size, process_index, process_count)
+    shape = eval_view_shape(preset, image_size)
+
+    def prepare(i, example):
+        data, label, mask = example
+        image = tf.cond(mask, lambda: tf.ensure_shape(eval_preprocess(data, preset, image_size, resize_size), shape),
+                        lambda: tf.zeros(shape, tf.uint8))
+        return {"image": image, "label": label, "mask": mask}
+
+    ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    yield from ds.batch(local).prefetch(tf.data.AUTOTUNE).as_numpy_iterator()
+
+
+def decode_images(files: Sequence[str], preset: str, image_size: int, resize_size: int | None = None) -> np.ndarray:
+    """Evaluation views of image files (for inference); an unreadable file raises naming it."""
+    tf = _tf()
+    out = []
+    for path in files:
+        try:
+            out.append(eval_preprocess(tf.io.read_file(path), preset, image_size, resize_size).numpy())
+        except Exception as e:
+            raise DataError(f"cannot read image {path}: {e}") from e
+    return np.stack(out)
+
+
+def pixel_mean(source: Source, max_examples: int | None = None) -> np.ndarray:
+    """Per-pixel mean image of a split (the paper's CIFAR normalisation, Sec. 4.2), float32 (H, W, 3)."""
+    tf = _tf()
+    ds = source.epoch(0, 0, shuffle=False)
+    if max_examples:
+        ds = ds.take(max_examples)
+    ds = ds.map(lambda data, _: tf.cast(_decode(tf, data, accurate=True), tf.float64),
+                num_parallel_calls=tf.data.AUTOTUNE).batch(1024)
+    total, count = 0.0, 0
+    for images in ds.as_numpy_iterator():
+        total = total + images.sum(axis=0)
+        count += len(images)
+    return (total / count).astype(np.float32)
+
+
+def _processes(index: int | None, count: int | None) -> tuple[int, int]:
+    if index is None or count is None:
+        import jax
+
+        return jax.process_index(), jax.process_count()
+    return index, count
+
+
+# ------------------------------------------------------------------------------------ device-side pieces
+
+
+def normalize(images: Any, mean: Any, std: Any) -> Any:
+    """uint8 images to float: (x - mean) / std, with per-channel (3,) or per-pixel (H, W, 3) statistics."""
+    import jax.numpy as jnp
+
+    return (jnp.asarray(images, jnp.float32) - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
+
+
+def to_global(batch: dict[str, np.ndarray], mesh: Any, axis: str = "data") -> dict[str, Any]:
+    """This process's slice of a batch -> global ``jax.Array``s sharded along the batch axis over ``mesh``."""
+    import jax
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    sharding = NamedSharding(mesh, PartitionSpec(axis))
+    return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
