@@ -122,7 +122,8 @@ def folder_source(root: str, split: str, on_bad_file: str = "warn") -> Source:
         for path in bad:
             log.warning("skipping %s: not an image file", path)
         log.warning("skipped %d non-image file(s) in %s", len(bad), directory)
-    return Source(f"folder:{root}", split, len(paths), classes, paths=np.array(paths), labels=np.array(labels, np.int32))
+    return Source(f"folder:{root}", split, len(paths), classes, paths=np.array(paths),
+                  labels=np.array(labels, np.int32))
 
 
 def tfds_source(name: str, split: str, data_dir: str | None = None) -> Source:
@@ -240,12 +241,13 @@ def ten_crop_boxes(height: int, width: int, crop: int) -> list[tuple[int, int]]:
 def eval_preprocess(data, preset: str, image_size: int, resize_size: int | None = None):
     """Deterministic evaluation views, decoded once with the accurate IDCT (bit-identical to PIL).
 
-    ``cifar``: the image itself. ``center``: shorter side ``resize_size`` (256), central ``image_size`` (224).
+    ``cifar``: the image itself (centrally cropped or zero-padded if it is not ``image_size`` square).
+    ``center``: shorter side ``resize_size`` (256), central ``image_size`` (224).
     ``10``: four corners and centre of the resized image, and their horizontal flips -> (10, S, S, 3).
     """
     tf = _tf()
     if preset == "cifar":
-        return _decode(tf, data, accurate=True)
+        return tf.image.resize_with_crop_or_pad(_decode(tf, data, accurate=True), image_size, image_size)
     resize_size = resize_size or round(image_size * 256 / 224)
     if preset == "center":  # crop first, resize the window: the same pixels as resize-then-crop, faster
         h, w = _shape(tf, data)

@@ -1,0 +1,29 @@
+"""Shared fixtures. Four CPU devices let the sharding tests run on a laptop-sized machine."""
+
+import os
+import tarfile
+from pathlib import Path
+
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import pytest
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+
+
+def shared_file(relative: str) -> Path:
+    path = SHARED / relative
+    if not path.exists():
+        pytest.skip(f"{path} is absent (real data lives in ../shared)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def cifar10_root(tmp_path_factory) -> Path:
+    """The real CIFAR-10 JPEG folders from ../shared, extracted once per session."""
+    archive = shared_file("data/cifar10-jpeg.tar.gz")
+    target = tmp_path_factory.mktemp("cifar10")
+    with tarfile.open(archive) as tar:
+        tar.extractall(target, filter="data")
+    return target / "cifar10"
