@@ -19,6 +19,7 @@ import dataclasses
 import logging
 import math
 import os
+import re
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -95,9 +96,20 @@ def _is_image(path: str) -> bool:
 def folder_source(root: str, split: str, on_bad_file: str = "warn") -> Source:
     """``<root>/<split>/<class>/<image>``; labels follow the sorted class folders (as TFDS ImageFolder).
 
+    A split may carry a slice, ``train[:45000]`` or ``train[45000:]``: it slices a fixed pseudo-random order of
+    the files (seed 0), so that slices keep the classes balanced and complementary slices are disjoint.
     Files that are not images (by their leading bytes) are skipped with a warning naming each, and a count;
     ``on_bad_file="raise"`` raises instead.
     """
+    match = re.fullmatch(r"(\w+)\[(-?\d*):(-?\d*)\]", split)
+    if match:
+        whole = folder_source(root, match[1], on_bad_file)
+        order = np.random.default_rng(0).permutation(whole.num_examples)
+        keep = np.sort(order[slice(int(match[2]) if match[2] else None, int(match[3]) if match[3] else None)])
+        if not len(keep):
+            raise DataError(f"split {split!r} of {root} is empty ({whole.num_examples} examples in {match[1]!r})")
+        return dataclasses.replace(whole, split=split, num_examples=len(keep), paths=whole.paths[keep],
+                                   labels=whole.labels[keep])
     directory = os.path.join(root, split)
     if not os.path.isdir(directory):
         available = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d))) \

@@ -160,12 +160,14 @@ class ResNet(nn.Module):
     param_dtype: Any = jnp.float32
     scan: bool = False
     remat: bool = False
+    bn_axis_name: str | None = None  # a mapped axis (e.g. shard_map's) to synchronise BN statistics over
 
     @nn.compact
     def __call__(self, x: Array, train: bool = False, features: bool = False) -> Array | tuple[Array, dict]:
         conv = functools.partial(_conv, dtype=self.dtype, param_dtype=self.param_dtype)
         norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=self.bn_momentum,
-                                 epsilon=self.bn_epsilon, dtype=self.dtype, param_dtype=self.param_dtype)
+                                 epsilon=self.bn_epsilon, dtype=self.dtype, param_dtype=self.param_dtype,
+                                 axis_name=self.bn_axis_name)
         block = functools.partial(ResidualBlock, conv=conv, norm=norm, bottleneck=self.bottleneck,
                                   residual=self.residual, shortcut=self.shortcut, version=self.version,
                                   zero_init_residual=self.zero_init_residual)

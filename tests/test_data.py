@@ -261,3 +261,16 @@ def test_real_cifar10_jpegs(cifar10_root):
     mean = data.pixel_mean(test)  # CIFAR-10's well-known channel means: 125.3, 123.0, 113.9
     assert mean.shape == (32, 32, 3)
     np.testing.assert_allclose(mean.mean(axis=(0, 1)), [125.3, 123.0, 113.9], atol=3)
+
+
+def test_folder_split_slices_are_balanced_and_complementary(tmp_path):
+    write_folder(tmp_path, per_class=10, size=(8, 8))
+    whole = data.get_source(f"folder:{tmp_path}", "train")
+    head = data.get_source(f"folder:{tmp_path}", "train[:21]")
+    tail = data.get_source(f"folder:{tmp_path}", "train[21:]")
+    assert (head.num_examples, tail.num_examples) == (21, 9)
+    assert sorted(set(head.paths) | set(tail.paths)) == sorted(whole.paths)
+    assert not set(head.paths) & set(tail.paths)
+    assert len(set(head.labels)) == 3
+    with pytest.raises(data.DataError, match="empty"):
+        data.get_source(f"folder:{tmp_path}", "train[40:]")

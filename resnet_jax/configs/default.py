@@ -1,0 +1,53 @@
+"""Fields every training config has; the dataset configs start from here. Pass ``--config.<field>=<value>``
+to override any of them."""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    # Model: a name from resnet_jax.list_models() and its options.
+    c.model = "cifar_resnet20"
+    c.shortcut = ""  # "" = the model's default (A for CIFAR, B for ImageNet)
+    c.version = "v1"
+    c.zero_init_residual = False
+    c.scan = False
+    c.remat = False
+    c.dtype = "float32"  # computation; parameters and optimizer state stay float32
+    # Data: a TFDS name or "folder:/path/to/root" (<root>/<split>/<class>/<image>).
+    c.dataset = "cifar10"
+    c.data_dir = ml_collections.config_dict.placeholder(str)
+    c.train_split = "train"
+    c.eval_split = "test"
+    c.train_preset = "cifar"
+    c.eval_preset = "cifar"
+    c.image_size = 32
+    c.normalization = "pixel_mean"  # "pixel_mean" (per-pixel mean of the train split) or "mean_std"
+    c.mean = (0.0, 0.0, 0.0)  # used by "mean_std", in [0, 255]
+    c.std = (1.0, 1.0, 1.0)
+    c.on_device_data = False  # keep a small train set on the accelerator and augment there
+    # Optimisation.
+    c.batch_size = 128  # global, over all devices and hosts
+    c.num_train_steps = 64_000
+    c.optimizer = "sgd"
+    c.learning_rate = 0.1
+    c.lr_scaling = "none"  # "linear": learning_rate * batch_size / 256 (Goyal et al. 2017)
+    c.momentum = 0.9
+    c.nesterov = False
+    c.weight_decay = 1e-4
+    c.schedule = "piecewise"  # or "cosine"
+    c.lr_boundaries = (32_000, 48_000)  # steps where the rate is divided by 10
+    c.lr_boundaries_epochs = ()  # the same in epochs (used when non-empty)
+    c.warmup_steps = 0
+    c.warmup = "constant"  # "constant": warmup_lr until warmup_steps (Sec. 4.2); "linear": 0 -> learning_rate
+    c.warmup_lr = 0.01
+    c.label_smoothing = 0.0
+    c.sync_batch_stats = False  # False: BN statistics per device over its local batch, as in the paper
+    # Bookkeeping.
+    c.seed = 0
+    c.log_every_steps = 100
+    c.eval_every_steps = 2_000
+    c.checkpoint_every_steps = 2_000
+    c.keep_checkpoints = 3
+    c.eval_batch_size = 500
+    return c

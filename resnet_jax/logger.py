@@ -1,0 +1,65 @@
+"""What a user sees of a training run: a progress bar, ``metrics.jsonl``, TensorBoard scalars and
+``curves.png``. Only JAX process 0 writes."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import jax
+
+from resnet_jax import plot
+
+
+class RunLogger:
+    def __init__(self, workdir: str, total_steps: int, start_step: int, batch_size: int, steps_per_epoch: int):
+        self.workdir, self.batch_size, self.steps_per_epoch = workdir, batch_size, steps_per_epoch
+        self.main = jax.process_index() == 0
+        self.last_step, self.last_time = start_step, time.perf_counter()
+        self.bar = self.writer = None
+        if self.main:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True,
+                            desc=os.path.basename(os.path.normpath(workdir)))
+            try:
+                from tensorboardX import SummaryWriter
+
+                self.writer = SummaryWriter(os.path.join(workdir, "tensorboard"))
+            except ImportError:  # TensorBoard is optional
+                self.writer = None
+
+    def tick(self, step: int) -> None:
+        if self.bar is not None:
+            self.bar.update(step - self.bar.n)
+
+    def log(self, step: int, metrics: dict) -> None:
+        """One log event: training metrics (with images/s since the last one) and/or evaluation metrics."""
+        if not metrics or not self.main:
+            return
+        event = dict(step=step, epoch=round(step / max(1, self.steps_per_epoch), 4), **metrics)
+        if "train_loss" in metrics:
+            now = time.perf_counter()
+            if step > self.last_step:
+                event["images_per_second"] = self.batch_size * (step - self.last_step) / (now - self.last_time)
+            self.last_step, self.last_time = step, now
+        with open(os.path.join(self.workdir, "metrics.jsonl"), "a") as f:
+            f.write(json.dumps(event) + "\n")
+        if self.writer is not None:
+            for key, value in event.items():
+                if key != "step":
+                    self.writer.add_scalar(key, value, step)
+            self.writer.flush()
+        if self.bar is not None:
+            shown = {"loss": "train_loss", "err": "train_error", "lr": "learning_rate", "img/s": "images_per_second",
+                     "val": "eval_top1_error"}
+            self.bar.set_postfix({k: f"{event[v]:.4g}" for k, v in shown.items() if v in event}, refresh=True)
+        if "eval_top1_error" in metrics:
+            plot.plot_runs([self.workdir], os.path.join(self.workdir, "curves.png"))
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        if self.writer is not None:
+            self.writer.close()

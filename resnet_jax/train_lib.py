@@ -1,0 +1,324 @@
+"""Training: the paper's recipes (Sec. 3.4, 4.2) with one jit-compiled step sharded over every device.
+
+The global batch is split along a ``data`` mesh axis over all devices of all processes; parameters and
+optimizer state are replicated. Inside the step (a ``shard_map``), each device normalises its local batch on
+the accelerator and runs the network with batch-norm statistics over its local batch (the paper's multi-GPU
+setting), or over the global batch with ``sync_batch_stats``; gradients and running statistics are averaged.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import signal
+from collections.abc import Iterator
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from resnet_jax import checkpoint, data, evaluation, models
+
+log = logging.getLogger(__name__)
+AXIS = "data"
+
+
+class ConfigError(ValueError):
+    """A training config that cannot run (found before anything compiles)."""
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array
+    params: Any
+    batch_stats: Any
+    opt_state: Any
+
+    @property
+    def variables(self) -> dict:
+        return {"params": self.params, "batch_stats": self.batch_stats}
+
+
+# --------------------------------------------------------------------------------------------- the recipe
+
+
+def model_options(config: ml_collections.ConfigDict) -> dict:
+    """The ``create_model`` options a config asks for (the model's own defaults where it says nothing)."""
+    options = dict(version=config.version, zero_init_residual=config.zero_init_residual, scan=config.scan,
+                   remat=config.remat, dtype=config.dtype)
+    if config.shortcut:
+        options["shortcut"] = config.shortcut
+    return options
+
+
+def learning_rate_schedule(config: ml_collections.ConfigDict, steps_per_epoch: int) -> optax.Schedule:
+    """Step decay by 10x at ``lr_boundaries`` (Sec. 3.4, 4.2) or cosine, after an optional warm-up."""
+    base = config.learning_rate * (config.batch_size / 256 if config.lr_scaling == "linear" else 1.0)
+    boundaries = ([int(e * steps_per_epoch) for e in config.lr_boundaries_epochs] if config.lr_boundaries_epochs
+                  else list(config.lr_boundaries))
+    warmup = config.warmup_steps
+    if config.schedule == "piecewise":  # boundaries count from step 0
+        main = optax.piecewise_constant_schedule(base, {b: 0.1 for b in boundaries})
+    elif config.schedule == "cosine":  # decays over the steps after the warm-up
+        cosine = optax.cosine_decay_schedule(base, max(1, config.num_train_steps - warmup))
+        main = lambda step: cosine(jnp.maximum(step - warmup, 0))  # noqa: E731
+    else:
+        raise ConfigError(f"schedule must be 'piecewise' or 'cosine', got {config.schedule!r}")
+    if config.warmup == "constant":  # Sec. 4.2: 0.01 until training gets going, then back to 0.1
+        warm = optax.constant_schedule(config.warmup_lr)
+    elif config.warmup == "linear":
+        warm = optax.linear_schedule(0.0, base, max(1, warmup))
+    else:
+        raise ConfigError(f"warmup must be 'constant' or 'linear', got {config.warmup!r}")
+    if not warmup:
+        return main
+    return lambda step: jnp.where(step < warmup, warm(step), main(step))
+
+
+def make_optimizer(config: ml_collections.ConfigDict, schedule: optax.Schedule) -> optax.GradientTransformation:
+    """SGD with momentum 0.9 and weight decay 1e-4 (Sec. 3.4), decay added to the gradient as in Caffe."""
+    if config.optimizer != "sgd":
+        raise ConfigError(f"optimizer must be 'sgd', got {config.optimizer!r}")
+    return optax.chain(optax.add_decayed_weights(config.weight_decay),
+                       optax.sgd(schedule, momentum=config.momentum, nesterov=config.nesterov))
+
+
+def make_mesh() -> jax.sharding.Mesh:
+    return jax.make_mesh((jax.device_count(),), (AXIS,))
+
+
+def create_train_state(model: models.ResNet, tx: optax.GradientTransformation, image_size: int, seed: int,
+                       mesh: jax.sharding.Mesh) -> TrainState:
+    """Initialise (He init, Sec. 3.4) directly as replicated arrays on the mesh."""
+
+    def init():
+        variables = model.init(jax.random.key(seed), jnp.zeros((1, image_size, image_size, 3)), train=False)
+        return TrainState(jnp.zeros((), jnp.int32), variables["params"], variables["batch_stats"],
+                          tx.init(variables["params"]))
+
+    return jax.jit(init, out_shardings=NamedSharding(mesh, P()))()
+
+
+def make_train_step(model: models.ResNet, tx: optax.GradientTransformation, mesh: jax.sharding.Mesh, mean: Any,
+                    std: Any, num_classes: int, label_smoothing: float = 0.0, schedule: optax.Schedule | None = None):
+    """One jit-compiled, donated step ``(state, batch) -> (state, metrics)`` over a batch sharded on ``mesh``.
+
+    ``model.bn_axis_name`` decides whether BN statistics are per device (None) or global (``"data"``).
+    Metrics stay on device: loss, number of training errors, and the learning rate used.
+    """
+
+    def local_step(state: TrainState, images, labels):
+        def loss_fn(params):
+            logits, updates = model.apply({"params": params, "batch_stats": state.batch_stats},
+                                          data.normalize(images, mean, std), train=True, mutable=["batch_stats"])
+            targets = optax.smooth_labels(jax.nn.one_hot(labels, num_classes), label_smoothing)
+            return optax.softmax_cross_entropy(logits, targets).mean(), (logits, updates["batch_stats"])
+
+        (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        grads, loss, batch_stats = jax.lax.pmean((grads, loss, batch_stats), AXIS)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        errors = jax.lax.psum(jnp.sum(jnp.argmax(logits, -1) != labels), AXIS)
+        metrics = {"loss": loss, "errors": errors, "count": jax.lax.psum(labels.shape[0], AXIS)}
+        if schedule is not None:
+            metrics["learning_rate"] = schedule(state.step)
+        return TrainState(state.step + 1, params, batch_stats, opt_state), metrics
+
+    sharded = jax.shard_map(local_step, mesh=mesh, in_specs=(P(), P(AXIS), P(AXIS)), out_specs=(P(), P()))
+
+    @jax.jit
+    def step(state, batch):
+        return sharded(state, batch["image"], batch["label"])
+
+    return jax.jit(step, donate_argnums=0)
+
+
+# ------------------------------------------------------------------------------------------ the run
+
+
+@dataclasses.dataclass
+class Run:
+    """Everything a run derives from its config and workdir, checked before anything compiles."""
+
+    config: ml_collections.ConfigDict
+    workdir: str
+    model: models.ResNet
+    train_source: data.Source
+    eval_source: data.Source
+    meta: dict
+    mean: np.ndarray
+    std: np.ndarray
+    steps_per_epoch: int
+
+
+REQUIRED = ("model", "dataset", "batch_size", "num_train_steps", "eval_every_steps", "checkpoint_every_steps",
+            "log_every_steps", "seed", "dtype")
+
+
+def prepare(config: ml_collections.ConfigDict, workdir: str, mngr=None) -> Run:
+    """Validate the config and workdir and read the data description. Raises ConfigError / DataError /
+    CheckpointError with a message naming the problem; compiles nothing."""
+    missing = [k for k in REQUIRED if k not in config]
+    if missing:
+        raise ConfigError(f"config lacks field(s) {missing}")
+    if config.model not in models.MODELS:
+        raise ConfigError(f"unknown model {config.model!r}; valid names: {', '.join(models.list_models())}")
+    if config.batch_size % jax.device_count():
+        raise ConfigError(f"batch_size {config.batch_size} is not divisible by the {jax.device_count()} devices")
+    if config.eval_batch_size % jax.device_count():
+        raise ConfigError(f"eval_batch_size {config.eval_batch_size} is not divisible by the "
+                          f"{jax.device_count()} devices")
+    if config.train_preset not in data.TRAIN_PRESETS:
+        raise ConfigError(f"train_preset must be one of {data.TRAIN_PRESETS}, got {config.train_preset!r}")
+    if config.eval_preset not in ("cifar", "center"):
+        raise ConfigError(f"eval_preset during training must be 'cifar' or 'center', got {config.eval_preset!r}")
+    try:
+        jnp.dtype(config.dtype)
+    except TypeError as e:
+        raise ConfigError(f"dtype {config.dtype!r} is not a dtype") from e
+    train_source = data.get_source(config.dataset, config.train_split, config.data_dir)
+    eval_source = data.get_source(config.dataset, config.eval_split, config.data_dir)
+    if train_source.num_examples < config.batch_size:
+        raise ConfigError(f"{config.dataset}:{config.train_split} has {train_source.num_examples} examples, "
+                          f"fewer than batch_size {config.batch_size}")
+    options = model_options(config)
+    model = models.create_model(config.model, num_classes=len(train_source.class_names), **options)
+    meta = None
+    latest = mngr.latest_step() if mngr is not None else None
+    if latest is not None:
+        meta = checkpoint.read_meta(mngr, latest)
+        for key in ("model", "model_options", "num_classes"):
+            want = {"model": config.model, "model_options": options, "num_classes": model.num_classes}[key]
+            if meta.get(key) != want:
+                raise ConfigError(f"{workdir} holds a run with {key}={meta.get(key)!r}, but the config asks for "
+                                  f"{want!r}; use another --workdir")
+        mean, std = np.asarray(meta["preprocessing"]["mean"]), np.asarray(meta["preprocessing"]["std"])
+    elif config.normalization == "pixel_mean":  # Sec. 4.2: subtract the per-pixel mean of the training images
+        log.info("computing the per-pixel mean of %s:%s", config.dataset, config.train_split)
+        mean, std = data.pixel_mean(train_source), np.ones(3, np.float32)
+    elif config.normalization == "mean_std":
+        mean, std = np.asarray(config.mean, np.float32), np.asarray(config.std, np.float32)
+    else:
+        raise ConfigError(f"normalization must be 'pixel_mean' or 'mean_std', got {config.normalization!r}")
+    if meta is None:
+        meta = dict(model=config.model, model_options=options, num_classes=model.num_classes,
+                    class_names=train_source.class_names,
+                    preprocessing=dict(train_preset=config.train_preset, eval_preset=config.eval_preset,
+                                       image_size=config.image_size, mean=np.asarray(mean).tolist(),
+                                       std=np.asarray(std).tolist()),
+                    dataset=dict(dataset=config.dataset, data_dir=config.data_dir, train_split=config.train_split,
+                                 eval_split=config.eval_split))
+    meta["config"] = config.to_dict()
+    if config.sync_batch_stats:
+        model = model.clone(bn_axis_name=AXIS)
+    return Run(config, workdir, model, train_source, eval_source, meta, np.asarray(mean, np.float32),
+               np.asarray(std, np.float32), train_source.num_examples // config.batch_size)
+
+
+class Preempted(Exception):
+    pass
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """Train (resuming from the latest checkpoint in ``workdir``), evaluate and checkpoint; returns the
+    last logged metrics."""
+    from resnet_jax import logger  # matplotlib, tqdm, tensorboardX: only the CLI path needs them
+
+    os.makedirs(workdir, exist_ok=True)
+    mngr = checkpoint.manager(workdir, keep=config.keep_checkpoints)
+    run = prepare(config, workdir, mngr)
+    mesh = make_mesh()
+    schedule = learning_rate_schedule(config, run.steps_per_epoch)
+    tx = make_optimizer(config, schedule)
+    state = create_train_state(run.model, tx, config.image_size, config.seed, mesh)
+    start = mngr.latest_step() or 0
+    if start:
+        restored = checkpoint.restore(mngr, start, state.variables, {"step": state.step, "opt_state": state.opt_state},
+                                      sharding=NamedSharding(mesh, P()))
+        state = TrainState(restored["train"]["step"], restored["variables"]["params"],
+                           restored["variables"]["batch_stats"], restored["train"]["opt_state"])
+        log.info("resumed from step %d", start)
+    train_step = make_train_step(run.model, tx, mesh, run.mean, run.std, run.model.num_classes,
+                                 config.label_smoothing, schedule)
+    eval_step = evaluation.make_eval_step(run.model, run.mean, run.std)
+    batches = train_iterator(run, start, mesh)
+
+    stop = {"signal": None}
+    previous = signal.signal(signal.SIGTERM, lambda signum, _: stop.update(signal=signum))
+    out = logger.RunLogger(workdir, config.num_train_steps, start, config.batch_size, run.steps_per_epoch)
+    pending: list[tuple[int, dict]] = []
+
+    def flush(keep: bool = False) -> dict | None:
+        """Fetch the metrics of the steps since the last log event (and forget them unless ``keep``); stop on
+        a non-finite loss."""
+        if not pending:
+            return None
+        fetched = jax.device_get([m for _, m in pending])
+        steps = [s for s, _ in pending]
+        if not keep:
+            pending.clear()
+        for s, m in zip(steps, fetched):
+            if not np.isfinite(m["loss"]):
+                raise FloatingPointError(f"non-finite loss {m['loss']} at step {s}; stopping. The last good "
+                                         f"checkpoint is step {mngr.latest_step()} in {checkpoint.checkpoint_dir(workdir)}")
+        count = sum(float(m["count"]) for m in fetched)
+        return {"train_loss": float(np.mean([m["loss"] for m in fetched])),
+                "train_error": 100.0 * sum(float(m["errors"]) for m in fetched) / count,
+                "learning_rate": float(fetched[-1]["learning_rate"])}
+
+    def save(step: int, metrics: dict | None) -> None:
+        flush(keep=True)  # never save a step after a non-finite loss
+        meta = dict(run.meta, step=step, data_position=dict(seed=config.seed, batch_size=config.batch_size,
+                                                             epoch=step // run.steps_per_epoch,
+                                                             step_in_epoch=step % run.steps_per_epoch))
+        checkpoint.save(mngr, step, state.variables, meta, {"step": state.step, "opt_state": state.opt_state},
+                        metrics)
+
+    last: dict = {}
+    step = start
+    try:
+        while step < config.num_train_steps:
+            state, metrics = train_step(state, next(batches))
+            step += 1
+            pending.append((step, metrics))
+            out.tick(step)
+            done = step == config.num_train_steps
+            if step % config.log_every_steps == 0 or done:
+                last = dict(flush() or {})
+                out.log(step, last)
+            eval_metrics = None
+            if step % config.eval_every_steps == 0 or done:
+                result = evaluation.evaluate(eval_step, state.variables, data.eval_batches(
+                    run.eval_source, config.eval_batch_size, config.eval_preset, config.image_size), mesh)
+                eval_metrics = {"eval_top1_error": result["top1_error"], "eval_top5_error": result["top5_error"],
+                                "eval_loss": result["loss"]}
+                last.update(eval_metrics)
+                out.log(step, eval_metrics)
+            if step % config.checkpoint_every_steps == 0 or done or stop["signal"]:
+                save(step, eval_metrics)
+            if stop["signal"]:
+                mngr.wait_until_finished()
+                raise Preempted(f"received signal {stop['signal']}: saved step {step}, exiting")
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        mngr.wait_until_finished()
+        mngr.close()
+        out.close()
+    return dict(last, step=step)
+
+
+def train_iterator(run: Run, start_step: int, mesh: jax.sharding.Mesh) -> Iterator[dict[str, jax.Array]]:
+    """Global training batches from ``start_step`` on (host pipeline, or on-device data when configured)."""
+    config = run.config
+    for batch in data.train_batches(run.train_source, config.batch_size, config.train_preset, config.image_size,
+                                    seed=config.seed, start_step=start_step):
+        batch.pop("mask")
+        yield data.to_global(batch, mesh)
+

@@ -1,0 +1,241 @@
+"""Training: schedules, the sharded step's BN modes, checkpoints, exact resume after kill -9, SIGTERM,
+NaN and config errors, and 2 processes x 2 devices against 1 process x 4 devices."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from PIL import Image
+
+from resnet_jax import checkpoint, data, models, train_lib
+from resnet_jax.configs import cifar10
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def make_folder(root: Path, train_per_class=12, test_per_class=5, size=16) -> Path:
+    rng = np.random.default_rng(0)
+    for split, n in (("train", train_per_class), ("test", test_per_class)):
+        for c, name in enumerate(("ant", "bee", "cat")):
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            for i in range(n):  # learnable: the class sets the mean colour
+                image = rng.integers(0, 80, (size, size, 3)) + 80 * np.eye(3, dtype=int)[c]
+                Image.fromarray(image.astype(np.uint8)).save(folder / f"{i}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> Path:
+    return make_folder(tmp_path_factory.mktemp("tiny"))
+
+
+def tiny_config(root, **overrides):
+    c = cifar10.get_config("cifar_resnet20")
+    c.update(dict(dataset=f"folder:{root}", train_split="train", eval_split="test", image_size=16, batch_size=8,
+                  num_train_steps=6, log_every_steps=2, eval_every_steps=3, checkpoint_every_steps=3,
+                  eval_batch_size=8))
+    c.update(overrides)
+    return c
+
+
+CLI_OVERRIDES = ["--config.train_split=train", "--config.eval_split=test", "--config.image_size=16",
+                 "--config.batch_size=8", "--config.log_every_steps=2", "--config.eval_batch_size=8"]
+
+
+# --------------------------------------------------------------------------------------------- schedules
+
+
+def test_paper_cifar_schedule():
+    c = cifar10.get_config("cifar_resnet20")
+    lr = train_lib.learning_rate_schedule(c, 351)
+    assert [float(lr(s)) for s in (0, 31_999, 32_000, 47_999, 48_000, 63_999)] == pytest.approx(
+        [0.1, 0.1, 0.01, 0.01, 0.001, 0.001])
+    warm = train_lib.learning_rate_schedule(cifar10.get_config("cifar_resnet110"), 351)
+    assert [float(warm(s)) for s in (0, 399, 400, 32_000)] == pytest.approx([0.01, 0.01, 0.1, 0.01])
+
+
+def test_imagenet_schedule_options():
+    from resnet_jax.configs import imagenet
+
+    c = imagenet.get_config("resnet50")
+    lr = train_lib.learning_rate_schedule(c, 5004)
+    assert [float(lr(s)) for s in (0, 150_119, 150_120, 300_240, 450_360)] == pytest.approx(
+        [0.1, 0.1, 0.01, 0.001, 0.0001])
+    c.update(dict(batch_size=1024, lr_scaling="linear", warmup="linear", warmup_steps=100, schedule="cosine",
+                  num_train_steps=1100))
+    lr = train_lib.learning_rate_schedule(c, 1251)
+    assert [float(lr(s)) for s in (0, 50, 100, 600, 1100)] == pytest.approx([0, 0.2, 0.4, 0.2, 0], abs=1e-6)
+
+
+# ------------------------------------------------------------------------------------------- the step
+
+
+@pytest.mark.parametrize("sync", [False, True])
+def test_batch_norm_statistics_per_device_or_synchronised(sync):
+    assert jax.device_count() == 4
+    model = models.ResNet(stage_sizes=(1,), widths=(4,), stem="cifar", num_classes=3)
+    if sync:
+        model = model.clone(bn_axis_name=train_lib.AXIS)
+    c = tiny_config("unused", learning_rate=0.0, weight_decay=0.0)
+    tx = train_lib.make_optimizer(c, lambda s: 0.0)
+    mesh = train_lib.make_mesh()
+    state = train_lib.create_train_state(model, tx, 8, 0, mesh)
+    images = np.random.default_rng(0).integers(0, 256, (8, 8, 8, 3), dtype=np.uint8)
+    labels = np.arange(8, dtype=np.int32) % 3
+    variables = jax.device_get(state.variables)
+    step = train_lib.make_train_step(model, tx, mesh, 0.0, 255.0, 3)
+    new, metrics = step(state, data.to_global({"image": images, "label": labels}, mesh))
+    plain = model.clone(bn_axis_name=None)
+
+    def stats(x):
+        return plain.apply(variables, x / 255.0, train=True, mutable=["batch_stats"])[1]["batch_stats"]
+
+    if sync:
+        expected = stats(images)
+    else:  # each device normalises its 2 examples; the running statistics are then averaged
+        expected = jax.tree.map(lambda *s: sum(s) / 4, *[stats(images[2 * d:2 * d + 2]) for d in range(4)])
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), new.batch_stats, expected)
+    assert int(metrics["count"]) == 8 and int(new.step) == 1
+    assert new.params["fc"]["kernel"].sharding.is_fully_replicated
+
+
+# ---------------------------------------------------------------------------------------- in-process run
+
+
+def test_train_writes_metrics_curves_and_self_describing_checkpoints(tiny, tmp_path):
+    workdir = tmp_path / "run"
+    result = train_lib.train_and_evaluate(tiny_config(tiny), str(workdir))
+    assert result["step"] == 6 and np.isfinite(result["eval_top1_error"])
+    events = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    train_events = [e for e in events if "train_loss" in e]
+    assert [e["step"] for e in train_events] == [2, 4, 6]
+    for key in ("train_loss", "train_error", "learning_rate", "images_per_second", "epoch"):
+        assert key in train_events[-1]
+    assert {e["step"] for e in events if "eval_top1_error" in e} == {3, 6}
+    assert all("eval_top5_error" in e for e in events if "eval_top1_error" in e)
+    assert (workdir / "curves.png").stat().st_size > 1000
+    assert list((workdir / "tensorboard").iterdir())
+    model, variables, info = checkpoint.load_checkpoint(str(workdir))
+    assert info["step"] == 6 and info["model"] == "cifar_resnet20"
+    assert info["class_names"] == ["ant", "bee", "cat"] and info["num_classes"] == 3
+    assert np.asarray(info["preprocessing"]["mean"]).shape == (16, 16, 3)
+    assert info["data_position"] == {"seed": 0, "batch_size": 8, "epoch": 1, "step_in_epoch": 2}
+    assert model.num_classes == 3 and variables["params"]["fc"]["kernel"].shape == (64, 3)
+    # resuming runs only the remaining steps, and a different model in the same workdir is refused
+    more = train_lib.train_and_evaluate(tiny_config(tiny, num_train_steps=8), str(workdir))
+    assert more["step"] == 8
+    with pytest.raises(train_lib.ConfigError, match="holds a run with model='cifar_resnet20'.*another --workdir"):
+        train_lib.prepare(tiny_config(tiny, model="cifar_resnet32"), str(workdir), checkpoint.manager(str(workdir)))
+
+
+def test_bad_configs_fail_before_compiling(tiny, tmp_path):
+    with pytest.raises(train_lib.ConfigError, match="unknown model 'resnet21'"):
+        train_lib.prepare(tiny_config(tiny, model="resnet21"), str(tmp_path))
+    with pytest.raises(train_lib.ConfigError, match="batch_size 6 is not divisible by the 4 devices"):
+        train_lib.prepare(tiny_config(tiny, batch_size=6), str(tmp_path))
+    with pytest.raises(data.DataError, match="has no split 'val'"):
+        train_lib.prepare(tiny_config(tiny, eval_split="val"), str(tmp_path))
+    with pytest.raises(data.DataError, match="not prepared"):
+        train_lib.prepare(tiny_config(tiny, dataset="cifar10", data_dir=str(tmp_path)), str(tmp_path))
+
+
+def test_nan_loss_stops_with_the_step_and_keeps_the_good_checkpoint(tiny, tmp_path):
+    c = tiny_config(tiny, num_train_steps=12, learning_rate=1e12, checkpoint_every_steps=1, log_every_steps=100,
+                    eval_every_steps=100)
+    with pytest.raises(FloatingPointError, match=r"non-finite loss .* at step (\d+).*last good checkpoint is step"):
+        train_lib.train_and_evaluate(c, str(tmp_path / "nan"))
+    mngr = checkpoint.manager(str(tmp_path / "nan"))
+    for step in mngr.all_steps():
+        _, variables, _ = checkpoint.load_checkpoint(str(tmp_path / "nan"), step)
+        assert all(np.isfinite(x).all() for x in jax.tree.leaves(variables))
+
+
+# --------------------------------------------------------------------------------------- processes
+
+
+def cli(workdir, root, steps, *extra, devices=4, env=None):
+    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", **(env or {}))
+    return [sys.executable, str(ROOT / "train.py"), f"--config={ROOT}/resnet_jax/configs/cifar10.py:cifar_resnet20",
+            f"--workdir={workdir}", f"--config.dataset=folder:{root}", f"--config.num_train_steps={steps}",
+            *CLI_OVERRIDES, *extra], env
+
+
+def final_params(workdir):
+    return checkpoint.load_checkpoint(str(workdir))[1]
+
+
+@pytest.fixture(scope="module")
+def reference_run(tiny, tmp_path_factory):
+    """An uninterrupted 16-step run (checkpoint every 2 steps), the baseline for the process tests."""
+    workdir = tmp_path_factory.mktemp("reference")
+    cmd, env = cli(workdir, tiny, 16, "--config.checkpoint_every_steps=2", "--config.eval_every_steps=8")
+    subprocess.run(cmd, env=env, check=True, capture_output=True, timeout=300)
+    return final_params(workdir)
+
+
+def wait_for_checkpoint(workdir, proc, timeout=120):
+    start = time.time()
+    while time.time() - start < timeout:
+        ckpts = workdir / "checkpoints"
+        if ckpts.exists() and any(p.name.isdigit() for p in ckpts.iterdir()):
+            return
+        if proc.poll() is not None:
+            raise AssertionError(f"training ended early: {proc.stderr.read()[-2000:]}")
+        time.sleep(0.2)
+    raise AssertionError("no checkpoint appeared")
+
+
+def test_kill_9_and_resume_is_bitwise_identical(tiny, tmp_path, reference_run):
+    workdir = tmp_path / "killed"
+    cmd, env = cli(workdir, tiny, 16, "--config.checkpoint_every_steps=2", "--config.eval_every_steps=8")
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for_checkpoint(workdir, proc)
+    time.sleep(0.3)  # somewhere in the middle of training (or of a save)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    subprocess.run(cmd, env=env, check=True, capture_output=True, timeout=300)
+    jax.tree.map(np.testing.assert_array_equal, final_params(workdir), reference_run)
+
+
+def test_sigterm_saves_and_exits_cleanly(tiny, tmp_path):
+    workdir = tmp_path / "preempted"
+    cmd, env = cli(workdir, tiny, 100_000, "--config.checkpoint_every_steps=4", "--config.eval_every_steps=100000")
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for_checkpoint(workdir, proc)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err[-2000:]
+    saved = int(out.split("saved step ")[1].split(",")[0])
+    assert checkpoint.manager(str(workdir)).latest_step() == saved
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_train_like_one_with_the_same_global_batch(tiny, tmp_path, reference_run):
+    workdir = tmp_path / "multi"
+    port = free_port()
+    procs = []
+    for pid in (0, 1):
+        cmd, env = cli(workdir, tiny, 16, "--config.checkpoint_every_steps=2", "--config.eval_every_steps=8",
+                       f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", f"--process_id={pid}",
+                       devices=2)
+        procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    for p in procs:
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err[-3000:]
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), final_params(workdir),
+                 reference_run)

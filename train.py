@@ -1,0 +1,53 @@
+"""Train a ResNet of the paper (thin CLI over resnet_jax.train_lib).
+
+    python train.py --config=resnet_jax/configs/cifar10.py:cifar_resnet20 --workdir=runs/r20 \
+        [--config.dataset=folder:/data/cifar10] [--config.num_train_steps=500] [--config.<field>=<value> ...]
+
+Rerunning the same command resumes from the latest checkpoint in --workdir. Multi-host: on TPU pods
+jax.distributed initialises itself (pass --multihost); on GPU clusters pass --coordinator_address,
+--num_processes and --process_id on every host.
+"""
+
+import logging
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "a config file, e.g. resnet_jax/configs/cifar10.py:cifar_resnet20",
+                                lock_config=True)
+flags.DEFINE_string("workdir", None, "directory for checkpoints, metrics.jsonl, curves.png and TensorBoard logs")
+flags.DEFINE_bool("multihost", False, "call jax.distributed.initialize() (automatic on TPU pods and SLURM)")
+flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for multi-host GPU/CPU clusters")
+flags.DEFINE_integer("num_processes", None, "number of processes (multi-host)")
+flags.DEFINE_integer("process_id", None, "this process's index (multi-host)")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+    del argv
+    import jax
+
+    if FLAGS.coordinator_address or FLAGS.multihost:
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU collectives; GPUs/TPUs ignore it
+        jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+    from resnet_jax import checkpoint, data, train_lib
+
+    from absl import logging as absl_logging
+
+    absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax is chatty at INFO
+    logging.getLogger("resnet_jax").setLevel(logging.INFO)
+    try:
+        metrics = train_lib.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    except (train_lib.ConfigError, data.DataError, checkpoint.CheckpointError, FloatingPointError) as e:
+        sys.exit(f"error: {e}")
+    except train_lib.Preempted as e:
+        print(e)
+        return
+    if jax.process_index() == 0:
+        print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()))
+
+
+if __name__ == "__main__":
+    app.run(main)
