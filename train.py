@@ -32,9 +32,9 @@ def main(argv):
     if FLAGS.coordinator_address or FLAGS.multihost:
         jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU collectives; GPUs/TPUs ignore it
         jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
-    from resnet_jax import checkpoint, data, train_lib
-
     from absl import logging as absl_logging
+
+    from resnet_jax import checkpoint, data, train_lib
 
     absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax is chatty at INFO
     logging.getLogger("resnet_jax").setLevel(logging.INFO)

@@ -51,7 +51,7 @@ def summarize(counts: dict[str, float]) -> dict[str, float]:
     n = counts["count"]
     top1, top5 = 100.0 * counts["top1"] / n, 100.0 * counts["top5"] / n
     return {"top1_error": 100.0 - top1, "top5_error": 100.0 - top5, "top1_accuracy": top1, "top5_accuracy": top5,
-            "loss": counts["loss"] / n, "num_examples": int(round(n))}
+            "loss": counts["loss"] / n, "num_examples": round(n)}
 
 
 def evaluate(step_fn, variables: Any, batches: Iterable[dict[str, np.ndarray]], mesh: Any,

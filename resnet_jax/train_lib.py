@@ -266,8 +266,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             pending.clear()
         for s, m in zip(steps, fetched):
             if not np.isfinite(m["loss"]):
-                raise FloatingPointError(f"non-finite loss {m['loss']} at step {s}; stopping. The last good "
-                                         f"checkpoint is step {mngr.latest_step()} in {checkpoint.checkpoint_dir(workdir)}")
+                raise FloatingPointError(f"non-finite loss {m['loss']} at step {s}; stopping. The last good checkpoint "
+                                         f"is step {mngr.latest_step()} in {checkpoint.checkpoint_dir(workdir)}")
         count = sum(float(m["count"]) for m in fetched)
         return {"train_loss": float(np.mean([m["loss"] for m in fetched])),
                 "train_error": 100.0 * sum(float(m["errors"]) for m in fetched) / count,

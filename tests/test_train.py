@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from PIL import Image
@@ -48,7 +47,8 @@ def tiny_config(root, **overrides):
     return c
 
 
-CLI_OVERRIDES = ["--config.train_split=train", "--config.eval_split=test", "--config.image_size=16",
+CLI_OVERRIDES = ["--config.train_split=train", "--config.learning_rate=0.01", "--config.eval_split=test",
+                 "--config.image_size=16",
                  "--config.batch_size=8", "--config.log_every_steps=2", "--config.eval_batch_size=8"]
 
 
@@ -134,7 +134,7 @@ def test_train_writes_metrics_curves_and_self_describing_checkpoints(tiny, tmp_p
     # resuming runs only the remaining steps, and a different model in the same workdir is refused
     more = train_lib.train_and_evaluate(tiny_config(tiny, num_train_steps=8), str(workdir))
     assert more["step"] == 8
-    with pytest.raises(train_lib.ConfigError, match="holds a run with model='cifar_resnet20'.*another --workdir"):
+    with pytest.raises(train_lib.ConfigError, match=r"holds a run with model='cifar_resnet20'.*another --workdir"):
         train_lib.prepare(tiny_config(tiny, model="cifar_resnet32"), str(workdir), checkpoint.manager(str(workdir)))
 
 
@@ -225,17 +225,28 @@ def free_port():
         return s.getsockname()[1]
 
 
-def test_two_processes_train_like_one_with_the_same_global_batch(tiny, tmp_path, reference_run):
-    workdir = tmp_path / "multi"
+def test_two_processes_train_like_one_with_the_same_global_batch(tiny, tmp_path):
+    """Same global batch, same 4 devices' BN groups: the same training up to float reduction order. (Over many
+    steps tiny-batch BN training amplifies those last-bit differences, so a few steps are compared.)"""
+    flags = ("--config.checkpoint_every_steps=4", "--config.eval_every_steps=4", "--config.log_every_steps=1")
+    one = tmp_path / "one"
+    cmd, env = cli(one, tiny, 4, *flags)
+    subprocess.run(cmd, env=env, check=True, capture_output=True, timeout=300)
+    two = tmp_path / "two"
     port = free_port()
     procs = []
     for pid in (0, 1):
-        cmd, env = cli(workdir, tiny, 16, "--config.checkpoint_every_steps=2", "--config.eval_every_steps=8",
-                       f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", f"--process_id={pid}",
-                       devices=2)
+        cmd, env = cli(two, tiny, 4, *flags, f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
+                       f"--process_id={pid}", devices=2)
         procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     for p in procs:
         _, err = p.communicate(timeout=300)
         assert p.returncode == 0, err[-3000:]
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), final_params(workdir),
-                 reference_run)
+
+    def losses(run):
+        return [e["train_loss"] for e in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
+                if "train_loss" in e]
+
+    np.testing.assert_allclose(losses(two), losses(one), rtol=1e-5)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-2, atol=1e-3), final_params(two),
+                 final_params(one))
