@@ -66,3 +66,97 @@ def evaluate(step_fn, variables: Any, batches: Iterable[dict[str, np.ndarray]], 
     if total is None:
         raise ValueError("evaluation got no batches")
     return summarize({k: float(v) for k, v in jax.device_get(total).items()})
+
+
+# ------------------------------------------------------------------------------------------- multi-scale
+
+
+def multiscale_views(encoded: bytes, sizes=data.MULTISCALE_SIZES, multiple: int = 32) -> list[np.ndarray]:
+    """The whole image at each scale (shorter side = size; the longer side rounded to a multiple of
+    ``multiple`` so that a few compiled shapes serve a whole dataset), each with its horizontal flip:
+    a list of (2, H, W, 3) uint8 arrays (Sec. 3.4, fully-convolutional multi-scale testing)."""
+    tf = data._tf()
+    image = data._decode(tf, tf.constant(encoded), accurate=True)
+    h, w = int(image.shape[0]), int(image.shape[1])
+    views = []
+    for size in sizes:
+        scale = size / min(h, w)
+        nh = size if h <= w else max(size, int(h * scale / multiple + 0.5) * multiple)
+        nw = size if w < h else max(size, int(w * scale / multiple + 0.5) * multiple)
+        resized = data._resize(tf, image, [nh, nw]).numpy()
+        views.append(np.stack([resized, resized[:, ::-1]]))
+    return views
+
+
+def evaluate_multiscale(model: Any, variables: Any, source: data.Source, mean: Any, std: Any,
+                        sizes=data.MULTISCALE_SIZES, limit: int | None = None, progress: Any = None) -> dict:
+    """Softmax scores averaged over scales and flips, one image at a time (shapes vary), on this process."""
+    if jax.process_count() > 1:
+        raise NotImplementedError("multi-scale evaluation runs in a single process; use --crops=center|10 "
+                                  "for multi-host evaluation")
+    if np.asarray(mean).ndim > 1:
+        raise ValueError("multi-scale testing needs per-channel normalisation; this model uses a per-pixel mean")
+    probs_fn = jax.jit(lambda v, x: predict_probs(model, v, x[None], mean, std)[0])
+    counts = {"count": 0.0, "top1": 0.0, "top5": 0.0, "loss": 0.0}
+    ds = source.epoch(0, 0, shuffle=False)
+    if limit:
+        ds = ds.take(limit)
+    for encoded, label in ds.as_numpy_iterator():
+        scores = np.mean([np.asarray(probs_fn(variables, v)) for v in multiscale_views(encoded, sizes)], axis=0)
+        got = topk_counts(jnp.asarray(scores)[None], jnp.asarray([label]), jnp.ones(1, bool))
+        counts = {k: counts[k] + float(got[k]) for k in counts}
+        if progress is not None:
+            progress.update(1)
+    return summarize(counts)
+
+
+# -------------------------------------------------------------------------------------------- inference
+
+
+class Classifier:
+    """Inference on a saved run: ``Classifier.from_checkpoint("runs/r20", step="best")``."""
+
+    def __init__(self, model: Any, variables: Any, info: dict):
+        self.model, self.variables, self.info = model, variables, info
+        pre = info["preprocessing"]
+        self.image_size = pre["image_size"]
+        self.preset = pre.get("eval_preset", "center")
+        self.mean, self.std = np.asarray(pre["mean"], np.float32), np.asarray(pre["std"], np.float32)
+        self.class_names = list(info.get("class_names") or range(model.num_classes))
+        self._probs = jax.jit(lambda v, x: predict_probs(model, v, x, self.mean, self.std))
+
+    @classmethod
+    def from_checkpoint(cls, workdir: str, step: int | str = "latest") -> Classifier:
+        from resnet_jax import checkpoint
+
+        return cls(*checkpoint.load_checkpoint(workdir, step))
+
+    def preprocess(self, images: Any) -> np.ndarray:
+        """File paths -> the checkpoint's evaluation view; uint8 arrays (N, H, W, 3) -> shorter side resized
+        and centrally cropped to the model's size (unchanged if already that size)."""
+        if isinstance(images, (str, bytes)) or (isinstance(images, (list, tuple)) and images
+                                                 and isinstance(images[0], str)):
+            files = [images] if isinstance(images, str) else list(images)
+            return data.decode_images(files, self.preset, self.image_size)
+        images = np.asarray(images)
+        if images.ndim != 4 or images.shape[-1] != 3:
+            raise ValueError(f"expected uint8 images of shape (N, H, W, 3), got {images.shape}")
+        size = self.image_size
+        if images.shape[1:3] == (size, size):
+            return images
+        h, w = images.shape[1:3]
+        crop = round(min(h, w) * (224 / 256 if self.preset != "cifar" else 1.0))
+        y, x = (h - crop) // 2, (w - crop) // 2
+        window = jnp.asarray(images[:, y:y + crop, x:x + crop], jnp.float32)
+        resized = jax.image.resize(window, (len(images), size, size, 3), "bilinear", antialias=True)
+        return np.asarray(jnp.clip(jnp.round(resized), 0, 255)).astype(np.uint8)
+
+    def predict(self, images: Any) -> np.ndarray:
+        """Class probabilities (N, classes) for uint8 NHWC images or a list of image files."""
+        return np.asarray(self._probs(self.variables, self.preprocess(images)))
+
+    def top_k(self, images: Any, k: int = 5) -> tuple[list[list[str]], np.ndarray]:
+        """The k most probable class names and their probabilities, per image."""
+        probs = self.predict(images)
+        order = np.argsort(-probs, axis=1)[:, :k]
+        return [[self.class_names[i] for i in row] for row in order], np.take_along_axis(probs, order, axis=1)

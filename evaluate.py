@@ -1,0 +1,102 @@
+"""Evaluate a saved run the way the paper reports it: top-1 / top-5 error with center-crop, standard 10-crop
+and fully-convolutional multi-scale testing (thin CLI over resnet_jax.evaluation).
+
+    python evaluate.py --workdir=runs/r20 [--step=latest|best|N] [--dataset=...] [--split=test] \
+        [--crops=center|10|multiscale|all] [--batch_size=N] [--output=eval.json]
+    python evaluate.py --workdir=runs/r20 --images cat.jpg dog.png
+"""
+
+import argparse
+import json
+import sys
+
+VIEWS = {"center": "center crop", "10": "10-crop", "multiscale": "multi-scale (224-640, flips)"}
+
+
+def parse(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--workdir", required=True, help="a training workdir, or one written by resnet_jax.convert")
+    p.add_argument("--step", default="latest", help="latest, best (lowest validation error) or a step number")
+    p.add_argument("--dataset", help="TFDS name or folder:/path (default: the run's own dataset)")
+    p.add_argument("--data_dir", help="TFDS data_dir")
+    p.add_argument("--split", help="default: the run's validation split")
+    p.add_argument("--crops", default="center", choices=["center", "10", "multiscale", "all"])
+    p.add_argument("--batch_size", type=int, default=100, help="global evaluation batch (padded, never dropped)")
+    p.add_argument("--limit", type=int, help="multi-scale only: evaluate the first N examples")
+    p.add_argument("--output", help="write the results as JSON here")
+    p.add_argument("--images", nargs="+", help="classify these files instead: top-5 classes and probabilities")
+    return p.parse_args(argv)
+
+
+def classify(clf, files) -> None:
+    names, probs = clf.top_k(files, k=5)
+    for path, row, p in zip(files, names, probs):
+        print(path)
+        for name, score in zip(row, p):
+            print(f"  {score:7.2%}  {name}")
+
+
+def main(argv=None) -> int:
+    args = parse(argv)
+    import jax
+    from tqdm import tqdm
+
+    from resnet_jax import checkpoint, data, evaluation, train_lib
+
+    try:
+        model, variables, info = checkpoint.load_checkpoint(args.workdir, args.step)
+    except checkpoint.CheckpointError as e:
+        sys.exit(f"error: {e}")
+    clf = evaluation.Classifier(model, variables, info)
+    if args.images:
+        try:
+            classify(clf, args.images)
+        except data.DataError as e:
+            sys.exit(f"error: {e}")
+        return 0
+    pre, ds = info["preprocessing"], info.get("dataset", {})
+    dataset = args.dataset or ds.get("dataset")
+    split = args.split or ds.get("eval_split")
+    if not dataset or not split:
+        sys.exit("error: this checkpoint names no dataset; pass --dataset and --split")
+    modes = ["center", "10", "multiscale"] if args.crops == "all" else [args.crops]
+    cifar = pre.get("eval_preset") == "cifar"
+    if cifar and modes != ["center"]:
+        if args.crops != "all":
+            sys.exit(f"error: --crops={args.crops} applies to ImageNet-sized models; this {info['model']} "
+                     f"classifies whole {pre['image_size']}x{pre['image_size']} images: use --crops=center")
+        modes = ["center"]
+    try:
+        source = data.get_source(dataset, split, args.data_dir or ds.get("data_dir"))
+    except data.DataError as e:
+        sys.exit(f"error: {e}")
+    mesh = train_lib.make_mesh()
+    replicated = jax.device_put(variables, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+    results = []
+    for mode in modes:
+        total = min(args.limit, source.num_examples) if mode == "multiscale" and args.limit else source.num_examples
+        bar = tqdm(total=total, desc=VIEWS[mode], unit="img", disable=jax.process_index() != 0)
+        if mode == "multiscale":
+            result = evaluation.evaluate_multiscale(model, variables, source, clf.mean, clf.std, limit=args.limit,
+                                                    progress=bar)
+        else:
+            preset = "cifar" if cifar else mode
+            step_fn = evaluation.make_eval_step(model, clf.mean, clf.std)
+            batches = data.eval_batches(source, args.batch_size, preset, pre["image_size"], pre.get("resize_size"))
+            result = evaluation.evaluate(step_fn, replicated, batches, mesh, progress=bar)
+        bar.close()
+        results.append(dict(result, crops=mode, model=info["model"], step=info["step"], dataset=dataset,
+                            split=split))
+    if jax.process_index() == 0:
+        print(f"\n{'model':<18} {'step':>7} {'views':<30} {'examples':>9} {'top-1 err':>10} {'top-5 err':>10}")
+        for r in results:
+            print(f"{r['model']:<18} {r['step']:>7} {VIEWS[r['crops']]:<30} {r['num_examples']:>9} "
+                  f"{r['top1_error']:>9.2f}% {r['top5_error']:>9.2f}%")
+        if args.output:
+            with open(args.output, "w") as f:
+                json.dump(results[0] if len(results) == 1 else results, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

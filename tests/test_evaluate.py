@@ -1,0 +1,176 @@
+"""evaluate.py and the inference API: exact counts, views against direct model calls, failures."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from PIL import Image
+
+import evaluate
+import resnet_jax
+from resnet_jax import checkpoint, data, evaluation, models
+
+ROOT = Path(__file__).resolve().parents[1]
+CLASSES = ["ant", "bee", "cat"]
+
+
+def write_images(root: Path, counts=(5, 4, 4), size=(80, 100)) -> Path:
+    """13 examples (a prime), in 3 classes, of a non-square size."""
+    rng = np.random.default_rng(0)
+    for c, (name, n) in enumerate(zip(CLASSES, counts)):
+        folder = root / "val" / name
+        folder.mkdir(parents=True)
+        for i in range(n):
+            Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    return root
+
+
+def save_run(workdir: Path, name="resnet18", image_size=64, eval_preset="center", dataset=None, num_classes=3,
+             mean=(120.0, 110.0, 100.0), std=(60.0, 60.0, 60.0), step=7):
+    model = models.create_model(name, num_classes=num_classes)
+    variables = model.init(jax.random.key(0), jnp.zeros((1, image_size, image_size, 3)))
+    # non-trivial running statistics, so that eval mode differs from train mode
+    variables = {"params": variables["params"],
+                 "batch_stats": jax.tree.map(lambda x: x + 0.1, variables["batch_stats"])}
+    meta = dict(model=name, model_options={}, num_classes=num_classes, class_names=CLASSES[:num_classes],
+                preprocessing=dict(train_preset="inception", eval_preset=eval_preset, image_size=image_size,
+                                   mean=list(mean), std=list(std)),
+                dataset=dict(dataset=dataset, eval_split="val", train_split="train", data_dir=None), step=step)
+    mngr = checkpoint.manager(str(workdir), async_save=False)
+    checkpoint.save(mngr, step, variables, meta)
+    mngr.close()
+    return model, variables
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    root = write_images(tmp_path_factory.mktemp("images"))
+    workdir = tmp_path_factory.mktemp("run")
+    model, variables = save_run(workdir, dataset=f"folder:{root}")
+    return workdir, root, model, variables
+
+
+def direct_probs(model, variables, views):
+    x = (views.astype(np.float32) - np.array([120.0, 110.0, 100.0])) / 60.0
+    return np.asarray(jax.nn.softmax(model.apply(variables, x.reshape(-1, *x.shape[-3:]))))
+
+
+def test_center_crop_matches_a_direct_model_call_and_counts_every_example(run, tmp_path):
+    workdir, root, model, variables = run
+    out = tmp_path / "center.json"
+    assert evaluate.main([f"--workdir={workdir}", "--batch_size=4", f"--output={out}"]) == 0
+    result = json.loads(out.read_text())
+    assert result["num_examples"] == 13 and result["step"] == 7 and result["crops"] == "center"
+    src = data.get_source(f"folder:{root}", "val")
+    views = np.stack([data.eval_preprocess(open(p, "rb").read(), "center", 64).numpy() for p in src.paths])
+    probs = direct_probs(model, variables, views)
+    top1 = 100 * np.mean(probs.argmax(1) == src.labels)
+    assert result["top1_accuracy"] == pytest.approx(top1)
+    assert result["top1_error"] == pytest.approx(100 - top1)
+    assert result["top5_error"] == 0.0  # 3 classes
+
+
+def test_ten_crop_averages_softmax_over_the_ten_views(run, tmp_path):
+    workdir, root, model, variables = run
+    out = tmp_path / "ten.json"
+    evaluate.main([f"--workdir={workdir}", "--batch_size=8", "--crops=10", f"--output={out}"])
+    result = json.loads(out.read_text())
+    src = data.get_source(f"folder:{root}", "val")
+    views = np.stack([data.eval_preprocess(open(p, "rb").read(), "10", 64).numpy() for p in src.paths])
+    probs = direct_probs(model, variables, views).reshape(13, 10, 3).mean(axis=1)
+    assert result["num_examples"] == 13
+    assert result["top1_accuracy"] == pytest.approx(100 * np.mean(probs.argmax(1) == src.labels))
+
+
+def test_multiscale_scores_whole_images_at_several_scales(run):
+    workdir, root, model, variables = run
+    src = data.get_source(f"folder:{root}", "val")
+    views = evaluation.multiscale_views(open(src.paths[0], "rb").read(), sizes=(64, 96))
+    assert [v.shape for v in views] == [(2, 64, 96, 3), (2, 96, 128, 3)]  # 80x100: shorter side -> size
+    np.testing.assert_array_equal(views[0][1], views[0][0][:, ::-1])
+    result = evaluation.evaluate_multiscale(model, variables, src, [120.0, 110.0, 100.0], [60.0] * 3,
+                                            sizes=(64, 96))
+    assert result["num_examples"] == 13 and 0 <= result["top1_error"] <= 100
+
+
+def test_cifar_models_refuse_imagenet_views(tmp_path):
+    save_run(tmp_path, name="cifar_resnet20", image_size=32, eval_preset="cifar", dataset="folder:/nowhere")
+    with pytest.raises(SystemExit, match="applies to ImageNet-sized models.*--crops=center"):
+        evaluate.main([f"--workdir={tmp_path}", "--crops=10"])
+
+
+def test_classifier_api(run):
+    workdir, root, model, variables = run
+    clf = resnet_jax.Classifier.from_checkpoint(str(workdir), step="latest")
+    files = sorted(str(p) for p in (root / "val").rglob("*.png"))[:3]
+    probs = clf.predict(files)
+    assert probs.shape == (3, 3) and np.allclose(probs.sum(1), 1, atol=1e-5)
+    views = np.stack([data.eval_preprocess(open(p, "rb").read(), "center", 64).numpy() for p in files])
+    np.testing.assert_allclose(probs, direct_probs(model, variables, views), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(clf.predict(views), probs, rtol=1e-5, atol=1e-7)  # arrays at the model's size
+    assert clf.predict(np.zeros((2, 90, 120, 3), np.uint8)).shape == (2, 3)  # other sizes are center-cropped
+    names, scores = clf.top_k(files, k=2)
+    assert len(names) == 3 and all(n in CLASSES for n in names[0]) and scores.shape == (3, 2)
+    assert scores[0, 0] >= scores[0, 1]
+    m, v, info = resnet_jax.load_checkpoint(str(workdir))
+    assert info["step"] == 7 and info["class_names"] == CLASSES and m.num_classes == 3
+    with pytest.raises(ValueError, match=r"shape \(N, H, W, 3\), got \(4, 4\)"):
+        clf.predict(np.zeros((4, 4)))
+
+
+def test_images_flag_prints_top5(run, capsys):
+    workdir, root, _, _ = run
+    files = sorted(str(p) for p in (root / "val").rglob("*.png"))[:2]
+    evaluate.main([f"--workdir={workdir}", "--images", *files])
+    out = capsys.readouterr().out
+    assert files[0] in out and out.count("%") == 6  # 3 classes listed per file
+
+
+def test_failures_name_the_problem(run, tmp_path):
+    workdir, root, _, _ = run
+    with pytest.raises(SystemExit, match="no checkpoints in"):
+        evaluate.main([f"--workdir={tmp_path / 'empty'}"])
+    with pytest.raises(SystemExit, match=r"step 99 is not in .*saved steps: \[7\]"):
+        evaluate.main([f"--workdir={workdir}", "--step=99"])
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    with pytest.raises(SystemExit, match="cannot read image .*bad.png"):
+        evaluate.main([f"--workdir={workdir}", "--images", str(bad)])
+    # weights that do not fit the described model: name the step and the first mismatched parameter
+    wrong = tmp_path / "wrong"
+    save_run(wrong, name="cifar_resnet20", image_size=32, eval_preset="cifar", num_classes=3)
+    meta_file = next((wrong / "checkpoints" / "7" / "meta").glob("*"))
+    meta = json.loads(meta_file.read_text())
+    meta["model_options"] = {"shortcut": "C"}  # projections the saved option-A weights do not have
+    meta_file.write_text(json.dumps(meta))
+    with pytest.raises(SystemExit, match=r"step 7 does not fit.*parameter \['batch_stats'\]\['stage1'\]\['block0'\]"
+                                         r"\['shortcut'\].* expected shape .*found absent"):
+        evaluate.main([f"--workdir={wrong}"])
+    # a corrupt step (its arrays deleted)
+    corrupt = tmp_path / "corrupt"
+    save_run(corrupt, name="cifar_resnet20", image_size=32, eval_preset="cifar")
+    shutil.rmtree(corrupt / "checkpoints" / "7" / "variables")
+    with pytest.raises(SystemExit, match="step 7"):
+        evaluate.main([f"--workdir={corrupt}"])
+
+
+def test_evaluating_a_trained_checkpoint_reproduces_the_logged_accuracy(cifar10_root, tmp_path):
+    workdir = tmp_path / "r20"
+    subprocess.run([sys.executable, str(ROOT / "train.py"), f"--config={ROOT}/resnet_jax/configs/cifar10.py",
+                    f"--workdir={workdir}", f"--config.dataset=folder:{cifar10_root}", "--config.train_split=train",
+                    "--config.eval_split=test[:1000]", "--config.num_train_steps=20", "--config.batch_size=64",
+                    "--config.eval_batch_size=200"], check=True, capture_output=True, timeout=600)
+    logged = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    logged = [e for e in logged if "eval_top1_error" in e][-1]
+    out = tmp_path / "eval.json"
+    evaluate.main([f"--workdir={workdir}", "--batch_size=96", f"--output={out}"])  # another batch size
+    result = json.loads(out.read_text())
+    assert result["num_examples"] == 1000 and result["step"] == logged["step"] == 20
+    assert result["top1_error"] == pytest.approx(logged["eval_top1_error"], abs=1e-6)
+    assert result["top5_error"] == pytest.approx(logged["eval_top5_error"], abs=1e-6)
