@@ -23,7 +23,7 @@ CLASSES = ["ant", "bee", "cat"]
 def write_images(root: Path, counts=(5, 4, 4), size=(80, 100)) -> Path:
     """13 examples (a prime), in 3 classes, of a non-square size."""
     rng = np.random.default_rng(0)
-    for c, (name, n) in enumerate(zip(CLASSES, counts)):
+    for name, n in zip(CLASSES, counts):
         folder = root / "val" / name
         folder.mkdir(parents=True)
         for i in range(n):
@@ -68,7 +68,7 @@ def test_center_crop_matches_a_direct_model_call_and_counts_every_example(run, t
     result = json.loads(out.read_text())
     assert result["num_examples"] == 13 and result["step"] == 7 and result["crops"] == "center"
     src = data.get_source(f"folder:{root}", "val")
-    views = np.stack([data.eval_preprocess(open(p, "rb").read(), "center", 64).numpy() for p in src.paths])
+    views = np.stack([data.eval_preprocess(Path(p).read_bytes(), "center", 64).numpy() for p in src.paths])
     probs = direct_probs(model, variables, views)
     top1 = 100 * np.mean(probs.argmax(1) == src.labels)
     assert result["top1_accuracy"] == pytest.approx(top1)
@@ -82,16 +82,16 @@ def test_ten_crop_averages_softmax_over_the_ten_views(run, tmp_path):
     evaluate.main([f"--workdir={workdir}", "--batch_size=8", "--crops=10", f"--output={out}"])
     result = json.loads(out.read_text())
     src = data.get_source(f"folder:{root}", "val")
-    views = np.stack([data.eval_preprocess(open(p, "rb").read(), "10", 64).numpy() for p in src.paths])
+    views = np.stack([data.eval_preprocess(Path(p).read_bytes(), "10", 64).numpy() for p in src.paths])
     probs = direct_probs(model, variables, views).reshape(13, 10, 3).mean(axis=1)
     assert result["num_examples"] == 13
     assert result["top1_accuracy"] == pytest.approx(100 * np.mean(probs.argmax(1) == src.labels))
 
 
 def test_multiscale_scores_whole_images_at_several_scales(run):
-    workdir, root, model, variables = run
+    _, root, model, variables = run
     src = data.get_source(f"folder:{root}", "val")
-    views = evaluation.multiscale_views(open(src.paths[0], "rb").read(), sizes=(64, 96))
+    views = evaluation.multiscale_views(Path(src.paths[0]).read_bytes(), sizes=(64, 96))
     assert [v.shape for v in views] == [(2, 64, 96, 3), (2, 96, 128, 3)]  # 80x100: shorter side -> size
     np.testing.assert_array_equal(views[0][1], views[0][0][:, ::-1])
     result = evaluation.evaluate_multiscale(model, variables, src, [120.0, 110.0, 100.0], [60.0] * 3,
@@ -101,7 +101,7 @@ def test_multiscale_scores_whole_images_at_several_scales(run):
 
 def test_cifar_models_refuse_imagenet_views(tmp_path):
     save_run(tmp_path, name="cifar_resnet20", image_size=32, eval_preset="cifar", dataset="folder:/nowhere")
-    with pytest.raises(SystemExit, match="applies to ImageNet-sized models.*--crops=center"):
+    with pytest.raises(SystemExit, match=r"applies to ImageNet-sized models.*--crops=center"):
         evaluate.main([f"--workdir={tmp_path}", "--crops=10"])
 
 
@@ -111,14 +111,14 @@ def test_classifier_api(run):
     files = sorted(str(p) for p in (root / "val").rglob("*.png"))[:3]
     probs = clf.predict(files)
     assert probs.shape == (3, 3) and np.allclose(probs.sum(1), 1, atol=1e-5)
-    views = np.stack([data.eval_preprocess(open(p, "rb").read(), "center", 64).numpy() for p in files])
+    views = np.stack([data.eval_preprocess(Path(p).read_bytes(), "center", 64).numpy() for p in files])
     np.testing.assert_allclose(probs, direct_probs(model, variables, views), rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(clf.predict(views), probs, rtol=1e-5, atol=1e-7)  # arrays at the model's size
     assert clf.predict(np.zeros((2, 90, 120, 3), np.uint8)).shape == (2, 3)  # other sizes are center-cropped
     names, scores = clf.top_k(files, k=2)
     assert len(names) == 3 and all(n in CLASSES for n in names[0]) and scores.shape == (3, 2)
     assert scores[0, 0] >= scores[0, 1]
-    m, v, info = resnet_jax.load_checkpoint(str(workdir))
+    m, _, info = resnet_jax.load_checkpoint(str(workdir))
     assert info["step"] == 7 and info["class_names"] == CLASSES and m.num_classes == 3
     with pytest.raises(ValueError, match=r"shape \(N, H, W, 3\), got \(4, 4\)"):
         clf.predict(np.zeros((4, 4)))
@@ -133,14 +133,14 @@ def test_images_flag_prints_top5(run, capsys):
 
 
 def test_failures_name_the_problem(run, tmp_path):
-    workdir, root, _, _ = run
+    workdir = run[0]
     with pytest.raises(SystemExit, match="no checkpoints in"):
         evaluate.main([f"--workdir={tmp_path / 'empty'}"])
     with pytest.raises(SystemExit, match=r"step 99 is not in .*saved steps: \[7\]"):
         evaluate.main([f"--workdir={workdir}", "--step=99"])
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\n broken")
-    with pytest.raises(SystemExit, match="cannot read image .*bad.png"):
+    with pytest.raises(SystemExit, match=r"cannot read image .*bad.png"):
         evaluate.main([f"--workdir={workdir}", "--images", str(bad)])
     # weights that do not fit the described model: name the step and the first mismatched parameter
     wrong = tmp_path / "wrong"
