@@ -366,6 +366,23 @@ def decode_images(files: Sequence[str], preset: str, image_size: int, resize_siz
     return np.stack(out)
 
 
+def load_arrays(source: Source) -> tuple[np.ndarray, np.ndarray]:
+    """A whole split decoded (accurate IDCT) into memory: uint8 images (N, H, W, 3) and int32 labels.
+    For small-image datasets (CIFAR); the images must share one size."""
+    tf = _tf()
+    ds = source.epoch(0, 0, shuffle=False).map(lambda d, y: (_decode(tf, d, accurate=True), y),
+                                               num_parallel_calls=tf.data.AUTOTUNE)
+    images, labels = [], []
+    try:
+        for x, y in ds.batch(1024).as_numpy_iterator():
+            images.append(x)
+            labels.append(y)
+    except Exception as e:
+        raise DataError(f"cannot load {source.name}:{source.split} into memory (images of different sizes?): "
+                        f"{e}") from e
+    return np.concatenate(images), np.concatenate(labels).astype(np.int32)
+
+
 def pixel_mean(source: Source, max_examples: int | None = None) -> np.ndarray:
     """Per-pixel mean image of a split (the paper's CIFAR normalisation, Sec. 4.2), float32 (H, W, 3)."""
     tf = _tf()

@@ -9,22 +9,26 @@ setting), or over the global batch with ``sync_batch_stats``; gradients and runn
 from __future__ import annotations
 
 import dataclasses
+import functools
+import itertools
 import logging
 import os
 import signal
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import flax
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from resnet_jax import checkpoint, data, evaluation, models
+
+if TYPE_CHECKING:
+    import ml_collections
 
 log = logging.getLogger(__name__)
 AXIS = "data"
@@ -91,7 +95,8 @@ def make_optimizer(config: ml_collections.ConfigDict, schedule: optax.Schedule) 
 
 
 def make_mesh() -> jax.sharding.Mesh:
-    return jax.make_mesh((jax.device_count(),), (AXIS,))
+    """A 1-D ``data`` mesh over every device of every process (sharding propagated automatically)."""
+    return jax.make_mesh((jax.device_count(),), (AXIS,), axis_types=(jax.sharding.AxisType.Auto,))
 
 
 def create_train_state(model: models.ResNet, tx: optax.GradientTransformation, image_size: int, seed: int,
@@ -107,11 +112,14 @@ def create_train_state(model: models.ResNet, tx: optax.GradientTransformation, i
 
 
 def make_train_step(model: models.ResNet, tx: optax.GradientTransformation, mesh: jax.sharding.Mesh, mean: Any,
-                    std: Any, num_classes: int, label_smoothing: float = 0.0, schedule: optax.Schedule | None = None):
+                    std: Any, num_classes: int, label_smoothing: float = 0.0, schedule: optax.Schedule | None = None,
+                    dataset: OnDeviceData | None = None):
     """One jit-compiled, donated step ``(state, batch) -> (state, metrics)`` over a batch sharded on ``mesh``.
 
     ``model.bn_axis_name`` decides whether BN statistics are per device (None) or global (``"data"``).
     Metrics stay on device: loss, number of training errors, and the learning rate used.
+    With ``dataset`` (on-device data), ``batch`` is the whole device-resident train set
+    (``dataset.arrays``) and the step draws its own augmented batch from it.
     """
 
     def local_step(state: TrainState, images, labels):
@@ -132,12 +140,57 @@ def make_train_step(model: models.ResNet, tx: optax.GradientTransformation, mesh
         return TrainState(state.step + 1, params, batch_stats, opt_state), metrics
 
     sharded = jax.shard_map(local_step, mesh=mesh, in_specs=(P(), P(AXIS), P(AXIS)), out_specs=(P(), P()))
+    batch_sharding = NamedSharding(mesh, P(AXIS))
 
-    @jax.jit
     def step(state, batch):
+        if dataset is not None:
+            batch = jax.lax.with_sharding_constraint(dataset.draw(batch, state.step), batch_sharding)
         return sharded(state, batch["image"], batch["label"])
 
     return jax.jit(step, donate_argnums=0)
+
+
+@dataclasses.dataclass
+class OnDeviceData:
+    """A small train set kept on the accelerator as uint8, with the CIFAR augmentation (Sec. 4.2: 4-pixel zero
+    padding, random crop, horizontal flip) done inside the jitted step, so small-image training is bound by
+    compute, not by the host. Epoch order and augmentation are pure functions of (seed, step)."""
+
+    images: jax.Array  # (N, H, W, 3) uint8, replicated
+    labels: jax.Array  # (N,) int32
+    batch_size: int
+    seed: int
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.images.shape[0] // self.batch_size
+
+    @property
+    def arrays(self) -> dict[str, jax.Array]:
+        return {"image": self.images, "label": self.labels}
+
+    def draw(self, arrays: dict[str, jax.Array], step: jax.Array) -> dict[str, jax.Array]:
+        """The augmented global batch of ``step`` from the whole train set ``arrays`` (inside jit)."""
+        all_images, all_labels = arrays["image"], arrays["label"]
+        n, h, w, _ = all_images.shape
+        epoch, position = step // self.steps_per_epoch, step % self.steps_per_epoch
+        key = jax.random.key(self.seed)
+        order = jax.random.permutation(jax.random.fold_in(jax.random.fold_in(key, 0), epoch), n)
+        index = jax.lax.dynamic_slice_in_dim(order, position * self.batch_size, self.batch_size)
+        images = jnp.pad(all_images[index], ((0, 0), (4, 4), (4, 4), (0, 0)))
+        k_crop, k_flip = jax.random.split(jax.random.fold_in(jax.random.fold_in(key, 1), step))
+        offsets = jax.random.randint(k_crop, (self.batch_size, 2), 0, 9)
+        crops = jax.vmap(lambda im, o: jax.lax.dynamic_slice(im, (o[0], o[1], 0), (h, w, 3)))(images, offsets)
+        flip = jax.random.bernoulli(k_flip, 0.5, (self.batch_size,))
+        crops = jnp.where(flip[:, None, None, None], crops[:, :, ::-1], crops)
+        return {"image": crops, "label": all_labels[index]}
+
+
+def on_device_data(source: data.Source, batch_size: int, seed: int, mesh: jax.sharding.Mesh) -> OnDeviceData:
+    """Decode a split once and place it, replicated, on every device."""
+    images, labels = data.load_arrays(source)
+    put = functools.partial(jax.device_put, device=NamedSharding(mesh, P()))
+    return OnDeviceData(put(images), put(labels), batch_size, seed)
 
 
 # ------------------------------------------------------------------------------------------ the run
@@ -177,6 +230,8 @@ def prepare(config: ml_collections.ConfigDict, workdir: str, mngr=None) -> Run:
                           f"{jax.device_count()} devices")
     if config.train_preset not in data.TRAIN_PRESETS:
         raise ConfigError(f"train_preset must be one of {data.TRAIN_PRESETS}, got {config.train_preset!r}")
+    if config.on_device_data and config.train_preset != "cifar":
+        raise ConfigError("on_device_data implements the cifar preset's augmentation; set train_preset=cifar")
     if config.eval_preset not in ("cifar", "center"):
         raise ConfigError(f"eval_preset during training must be 'cifar' or 'center', got {config.eval_preset!r}")
     try:
@@ -245,10 +300,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         state = TrainState(restored["train"]["step"], restored["variables"]["params"],
                            restored["variables"]["batch_stats"], restored["train"]["opt_state"])
         log.info("resumed from step %d", start)
+    dataset = None
+    if config.on_device_data:
+        dataset = on_device_data(run.train_source, config.batch_size, config.seed, mesh)
     train_step = make_train_step(run.model, tx, mesh, run.mean, run.std, run.model.num_classes,
-                                 config.label_smoothing, schedule)
+                                 config.label_smoothing, schedule, dataset)
     eval_step = evaluation.make_eval_step(run.model, run.mean, run.std)
-    batches = train_iterator(run, start, mesh)
+    batches = itertools.repeat(dataset.arrays) if dataset is not None else train_iterator(run, start, mesh)
 
     stop = {"signal": None}
     previous = signal.signal(signal.SIGTERM, lambda signum, _: stop.update(signal=signum))

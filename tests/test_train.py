@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from PIL import Image
@@ -250,3 +251,36 @@ def test_two_processes_train_like_one_with_the_same_global_batch(tiny, tmp_path)
     np.testing.assert_allclose(losses(two), losses(one), rtol=1e-5)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-2, atol=1e-3), final_params(two),
                  final_params(one))
+
+
+# ------------------------------------------------------------------------------------------ on-device data
+
+
+def test_on_device_batches_are_padded_crops_of_an_epoch_permutation():
+    mesh = train_lib.make_mesh()
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (12, 8, 8, 3), dtype=np.uint8)
+    labels = np.arange(12, dtype=np.int32)
+    put = lambda x: jax.device_put(x, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))  # noqa: E731
+    dataset = train_lib.OnDeviceData(put(images), put(labels), batch_size=4, seed=3)
+    draw = jax.jit(dataset.draw)
+    epoch = [draw(dataset.arrays, jnp.int32(s)) for s in range(3)]
+    seen = np.concatenate([np.asarray(b["label"]) for b in epoch])
+    assert sorted(seen) == list(range(12))  # one epoch visits every example once
+    next_epoch = np.concatenate([np.asarray(draw(dataset.arrays, jnp.int32(s))["label"]) for s in range(3, 6)])
+    assert sorted(next_epoch) == list(range(12)) and not np.array_equal(seen, next_epoch)
+    again = draw(dataset.arrays, jnp.int32(1))  # a pure function of the step: resumable
+    np.testing.assert_array_equal(again["image"], epoch[1]["image"])
+    for b in epoch:
+        for image, label in zip(np.asarray(b["image"]), np.asarray(b["label"])):
+            padded = np.pad(images[label], ((4, 4), (4, 4), (0, 0)))
+            crops = [padded[y:y + 8, x:x + 8] for y in range(9) for x in range(9)]
+            assert any(np.array_equal(image, c) or np.array_equal(image, c[:, ::-1]) for c in crops)
+
+
+def test_on_device_training_runs_and_resumes(tiny, tmp_path):
+    c = tiny_config(tiny, on_device_data=True, num_train_steps=4, checkpoint_every_steps=2, eval_every_steps=4)
+    first = train_lib.train_and_evaluate(c, str(tmp_path / "a"))
+    assert first["step"] == 4 and np.isfinite(first["train_loss"])
+    with pytest.raises(train_lib.ConfigError, match="on_device_data implements the cifar preset"):
+        train_lib.prepare(tiny_config(tiny, on_device_data=True, train_preset="inception"), str(tmp_path / "b"))

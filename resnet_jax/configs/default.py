@@ -1,11 +1,15 @@
 """Fields every training config has; the dataset configs start from here. Pass ``--config.<field>=<value>``
 to override any of them."""
 
-import ml_collections
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
 
 
-def get_config() -> ml_collections.ConfigDict:
-    c = ml_collections.ConfigDict()
+def fields() -> dict[str, Any]:
+    """The default fields as a plain dict (usable without ml_collections, e.g. by the GPU benchmarks)."""
+    c = SimpleNamespace()
     # Model: a name from resnet_jax.list_models() and its options.
     c.model = "cifar_resnet20"
     c.shortcut = ""  # "" = the model's default (A for CIFAR, B for ImageNet)
@@ -16,7 +20,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.dtype = "float32"  # computation; parameters and optimizer state stay float32
     # Data: a TFDS name or "folder:/path/to/root" (<root>/<split>/<class>/<image>).
     c.dataset = "cifar10"
-    c.data_dir = ml_collections.config_dict.placeholder(str)
+    c.data_dir = None  # a placeholder for str in the ConfigDict
     c.train_split = "train"
     c.eval_split = "test"
     c.train_preset = "cifar"
@@ -50,4 +54,13 @@ def get_config() -> ml_collections.ConfigDict:
     c.checkpoint_every_steps = 2_000
     c.keep_checkpoints = 3
     c.eval_batch_size = 500
-    return c
+    return vars(c)
+
+
+def get_config():
+    """The defaults as an ml_collections ConfigDict."""
+    import ml_collections
+
+    values = fields()
+    config = ml_collections.ConfigDict(dict(values, data_dir=ml_collections.config_dict.placeholder(str)))
+    return config

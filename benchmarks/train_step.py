@@ -1,0 +1,165 @@
+"""Throughput of the real train step of train.py on synthetic device-resident data.
+
+    python benchmarks/train_step.py --model=resnet50 --batch_size=16 --image_size=224 --dtype=float32 \
+        --steps=5 [--reference=PATH/TO/flax/examples/imagenet] [--output=out.json]
+
+``--reference`` names a checkout of google/flax's examples/imagenet: its own ``train_step`` and ``ResNet50``
+are imported from there (nothing is copied here) and timed in the same process, the two steps taking turns.
+Reported: images/s (median over steps), step time, compile time, FLOPs per image (XLA cost analysis) and MFU
+where the device's peak is known.
+"""
+
+import argparse
+import functools
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from types import SimpleNamespace
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
+
+from resnet_jax import data, models, train_lib
+from resnet_jax.configs import default
+
+# Dense peak FLOP/s by device kind and compute dtype (vendor figures).
+PEAK_FLOPS = {("NVIDIA H100 80GB HBM3", "bfloat16"): 989e12, ("NVIDIA H200", "bfloat16"): 989e12,
+              ("NVIDIA A100-SXM4-80GB", "bfloat16"): 312e12, ("NVIDIA A100-SXM4-40GB", "bfloat16"): 312e12}
+
+
+def flops(compiled) -> float:
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    return float(cost.get("flops", float("nan")))
+
+
+def timed(fn, *args):
+    start = time.perf_counter()
+    out = fn(*args)
+    jax.block_until_ready(out)
+    return out, time.perf_counter() - start
+
+
+def ours(args):
+    config = SimpleNamespace(**dict(default.fields(), model=args.model, batch_size=args.batch_size,
+                                    dtype=args.dtype, scan=args.scan, remat=args.remat))
+    model = models.create_model(args.model, num_classes=args.num_classes, **train_lib.model_options(config))
+    mesh = train_lib.make_mesh()
+    schedule = train_lib.learning_rate_schedule(config, 1000)
+    tx = train_lib.make_optimizer(config, schedule)
+    state = train_lib.create_train_state(model, tx, args.image_size, 0, mesh)
+    rng = np.random.default_rng(0)
+    batch = data.to_global({"image": rng.integers(0, 256, (args.batch_size, args.image_size, args.image_size, 3),
+                                                  dtype=np.uint8),
+                            "label": rng.integers(0, args.num_classes, args.batch_size).astype(np.int32)}, mesh)
+    dataset = None
+    if args.on_device_data:  # a CIFAR-sized train set resident on the device; the step draws its batches
+        n = 50_000
+        put = functools.partial(jax.device_put, device=NamedSharding(mesh, PartitionSpec()))
+        dataset = train_lib.OnDeviceData(put(rng.integers(0, 256, (n, args.image_size, args.image_size, 3),
+                                                          dtype=np.uint8)),
+                                         put(rng.integers(0, args.num_classes, n).astype(np.int32)),
+                                         args.batch_size, seed=0)
+        batch = dataset.arrays
+    step = train_lib.make_train_step(model, tx, mesh, data.IMAGENET_MEAN, data.IMAGENET_STD, args.num_classes,
+                                     schedule=schedule, dataset=dataset)
+    start = time.perf_counter()
+    compiled = step.lower(state, batch).compile()
+    compile_seconds = time.perf_counter() - start
+    holder = {"state": state}
+
+    def run():
+        holder["state"], metrics = compiled(holder["state"], batch)
+        return metrics
+
+    return run, compile_seconds, flops(compiled) / args.batch_size
+
+
+def reference(args):
+    sys.path.insert(0, args.reference)
+    import ml_collections
+    import models as ref_models  # the flax example's own modules
+
+    import train as ref_train
+
+    n = jax.local_device_count()
+    dtype = jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32
+    model = ref_models.ResNet50(num_classes=args.num_classes, dtype=dtype)
+    lr = lambda step: 0.1  # noqa: E731
+    config = ml_collections.ConfigDict(dict(momentum=0.9, half_precision=args.dtype == "bfloat16"))
+    state = ref_train.create_train_state(jax.random.key(0), config, model, args.image_size, lr)
+    p_step = jax.pmap(functools.partial(ref_train.train_step, learning_rate_fn=lr), in_axes=(None, 0),
+                      out_axes=(None, 0), axis_name="batch")
+    rng = np.random.default_rng(0)
+    shape = (n, args.batch_size // n, args.image_size, args.image_size, 3)
+    batch = {"image": jnp.asarray(rng.normal(size=shape), dtype),
+             "label": jnp.asarray(rng.integers(0, args.num_classes, shape[:2]).astype(np.int32))}
+    (state, _), compile_seconds = timed(p_step, state, batch)
+    holder = {"state": state}
+
+    def run():
+        holder["state"], metrics = p_step(holder["state"], batch)
+        return metrics
+
+    return run, compile_seconds, float("nan")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--model", default="resnet50")
+    p.add_argument("--batch_size", type=int, default=16)
+    p.add_argument("--image_size", type=int, default=224)
+    p.add_argument("--num_classes", type=int, default=1000)
+    p.add_argument("--dtype", default="float32")
+    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--scan", action="store_true")
+    p.add_argument("--remat", action="store_true")
+    p.add_argument("--on_device_data", action="store_true", help="draw batches from a device-resident train set")
+    p.add_argument("--reference", help="path to flax/examples/imagenet (ResNet-50 only)")
+    p.add_argument("--output")
+    args = p.parse_args()
+    runners = {"ours": ours(args)}
+    if args.reference:
+        runners["reference"] = reference(args)
+    times = {name: [] for name in runners}
+    for run, _, _ in runners.values():
+        timed(run)  # warm-up
+    for _ in range(args.steps):
+        for name, (run, _, _) in runners.items():
+            times[name].append(timed(run)[1])
+    device = jax.devices()[0]
+    result = dict(model=args.model, batch_size=args.batch_size, image_size=args.image_size, dtype=args.dtype,
+                  scan=args.scan, remat=args.remat, on_device_data=args.on_device_data,
+                  device_kind=device.device_kind, platform=device.platform, num_devices=jax.device_count(),
+                  jax_version=jax.__version__, cores=os.cpu_count(),
+                  cpu=platform.processor() or platform.machine(), xla_flags=os.environ.get("XLA_FLAGS", ""))
+    for name, (_, compile_seconds, fpi) in runners.items():
+        prefix = "" if name == "ours" else "reference_"
+        median = statistics.median(times[name])
+        result.update({f"{prefix}step_seconds_median": median,
+                       f"{prefix}images_per_second": args.batch_size / median,
+                       f"{prefix}compile_seconds": compile_seconds})
+        if name == "ours":
+            result["flops_per_image"] = fpi
+            peak = PEAK_FLOPS.get((device.device_kind, args.dtype))
+            result["mfu"] = fpi * args.batch_size / median / (peak * jax.device_count()) if peak else None
+    if "reference_images_per_second" in result:
+        result["speedup_vs_reference"] = result["images_per_second"] / result["reference_images_per_second"]
+    print(f"{'':<10} {'images/s':>9} {'step s':>8} {'compile s':>10}")
+    for name in runners:
+        prefix = "" if name == "ours" else "reference_"
+        print(f"{name:<10} {result[prefix + 'images_per_second']:9.2f} {result[prefix + 'step_seconds_median']:8.3f} "
+              f"{result[prefix + 'compile_seconds']:10.1f}")
+    print(f"GFLOPs/image {result['flops_per_image'] / 1e9:.2f}  MFU {result['mfu']}  device {device.device_kind}")
+    if args.output:
+        with open(args.output, "w") as f:
+            json.dump(result, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
