@@ -14,7 +14,7 @@ import itertools
 import logging
 import os
 import signal
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import flax
@@ -281,9 +281,10 @@ class Preempted(Exception):
     pass
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       on_step: Callable[[int], None] | None = None) -> dict:
     """Train (resuming from the latest checkpoint in ``workdir``), evaluate and checkpoint; returns the
-    last logged metrics."""
+    last logged metrics. ``on_step(step)`` is called after every step (e.g. for a study-wide progress bar)."""
     from resnet_jax import logger  # matplotlib, tqdm, tensorboardX: only the CLI path needs them
 
     os.makedirs(workdir, exist_ok=True)
@@ -347,6 +348,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             step += 1
             pending.append((step, metrics))
             out.tick(step)
+            if on_step is not None:
+                on_step(step)
             done = step == config.num_train_steps
             if step % config.log_every_steps == 0 or done:
                 last = dict(flush() or {})

@@ -284,3 +284,25 @@ def test_on_device_training_runs_and_resumes(tiny, tmp_path):
     assert first["step"] == 4 and np.isfinite(first["train_loss"])
     with pytest.raises(train_lib.ConfigError, match="on_device_data implements the cifar preset"):
         train_lib.prepare(tiny_config(tiny, on_device_data=True, train_preset="inception"), str(tmp_path / "b"))
+
+
+def test_degradation_study_trains_resumes_and_reports(tiny, tmp_path, monkeypatch):
+    from resnet_jax import reproduce
+
+    real = reproduce.study_config
+
+    def small(model, dataset, steps, data_dir, on_device):  # the study's recipe, on tiny 16x16 images
+        c = real(model, dataset, steps, data_dir, on_device)
+        c.update(dict(image_size=16, batch_size=8, eval_batch_size=8, log_every_steps=1))
+        return c
+
+    monkeypatch.setattr(reproduce, "study_config", small)
+    args = ["degradation", f"--dataset=folder:{tiny}", "--steps=4", f"--workdir={tmp_path}",
+            "--models=cifar_plain20,cifar_resnet20"]
+    reproduce.main(args)
+    table = (tmp_path / "degradation.md").read_text()
+    assert "| cifar_plain20 | 20 |" in table and "| cifar_resnet20 | 20 |" in table
+    assert (tmp_path / "degradation.png").stat().st_size > 5000
+    mtime = (tmp_path / "cifar_plain20" / "metrics.jsonl").stat().st_mtime
+    reproduce.main(args)  # finished models are skipped
+    assert (tmp_path / "cifar_plain20" / "metrics.jsonl").stat().st_mtime == mtime
