@@ -9,6 +9,7 @@ cd "$(dirname "$0")/.."
 if [ "${1:-}" = "--cpu" ]; then CPU=1; shift; else CPU=0; fi
 OUT=${1:-gpu_check}
 mkdir -p "$OUT"
+PY=${PYTHON:-python3}
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 if [ "$CPU" = 1 ]; then
   export JAX_PLATFORMS=cpu
@@ -16,11 +17,11 @@ if [ "$CPU" = 1 ]; then
 else
   R50="--batch_size=256 --image_size=224 --steps=20"; R20="--batch_size=128 --steps=50"; EV="--batch_size=64 --batches=10"
 fi
-python benchmarks/train_step.py --model=resnet50 --dtype=bfloat16 $R50 --output="$OUT/resnet50_train.json"
-python benchmarks/train_step.py --model=cifar_resnet20 --image_size=32 --num_classes=10 --on_device_data $R20 \
+"$PY" benchmarks/train_step.py --model=resnet50 --dtype=bfloat16 $R50 --output="$OUT/resnet50_train.json"
+"$PY" benchmarks/train_step.py --model=cifar_resnet20 --image_size=32 --num_classes=10 --on_device_data $R20 \
   --output="$OUT/cifar_resnet20_on_device.json"
-python benchmarks/eval_step.py --model=resnet50 --dtype=bfloat16 --crops=10 $EV --output="$OUT/resnet50_10crop.json"
-python - "$OUT" <<'PY'
+"$PY" benchmarks/eval_step.py --model=resnet50 --dtype=bfloat16 --crops=10 $EV --output="$OUT/resnet50_10crop.json"
+"$PY" - "$OUT" <<'PY'
 import json, sys
 out = sys.argv[1]
 r50, r20, ev = (json.load(open(f"{out}/{n}.json")) for n in ("resnet50_train", "cifar_resnet20_on_device", "resnet50_10crop"))
