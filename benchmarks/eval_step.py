@@ -5,10 +5,10 @@ center-crop or 10-crop evaluation.
 """
 
 import argparse
-import json
 import statistics
 import time
 
+import common
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -47,13 +47,10 @@ def main() -> None:
     median = statistics.median(times)
     result = dict(model=args.model, crops=args.crops, batch_size=args.batch_size, dtype=args.dtype,
                   images_per_second=args.batch_size / median, step_seconds_median=median,
-                  compile_seconds=compile_seconds, device_kind=jax.devices()[0].device_kind,
-                  num_devices=jax.device_count(), jax_version=jax.__version__)
+                  compile_seconds=compile_seconds, **common.environment())
     print(f"{args.model} {args.crops}-crop: {result['images_per_second']:.1f} images/s "
           f"({median * 1e3:.1f} ms per batch of {args.batch_size}) on {result['device_kind']}")
-    if args.output:
-        with open(args.output, "w") as f:
-            json.dump(result, f, indent=1)
+    common.write(result, args.output)
 
 
 if __name__ == "__main__":

@@ -9,12 +9,11 @@ from it, so it should cost ~10x the network compute of center-crop but about the
 
 import argparse
 import glob
-import json
 import os
-import platform
 import statistics
 import time
 
+import common
 import jax
 import jax.numpy as jnp
 
@@ -65,15 +64,11 @@ def main() -> None:
     result = dict(model=args.model, crops=args.crops, images=n, batch_size=args.batch_size, dtype=args.dtype,
                   images_per_second=n / total_seconds, decode_images_per_second=n / decode_seconds,
                   network_images_per_second=args.batch_size / statistics.median(step_times),
-                  compile_seconds=compile_seconds, device_kind=jax.devices()[0].device_kind,
-                  num_devices=jax.device_count(), jax_version=jax.__version__, cpu=platform.processor() or "",
-                  cores=os.cpu_count())
+                  compile_seconds=compile_seconds, **common.environment())
     print(f"{'model':<10} {'crops':<6} {'images/s':>9} {'decode img/s':>13} {'network img/s':>14}")
     print(f"{args.model:<10} {args.crops:<6} {result['images_per_second']:9.2f} "
           f"{result['decode_images_per_second']:13.1f} {result['network_images_per_second']:14.2f}")
-    if args.output:
-        with open(args.output, "w") as f:
-            json.dump(result, f, indent=1)
+    common.write(result, args.output)
 
 
 if __name__ == "__main__":

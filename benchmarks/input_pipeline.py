@@ -11,12 +11,12 @@ over the same files with the same parallelism and batching. Reported: images/s (
 
 import argparse
 import glob
-import json
 import os
 import statistics
 import sys
 import time
 
+import common
 import numpy as np
 
 from resnet_jax import data
@@ -92,9 +92,7 @@ def main() -> None:
     print(f"{args.preset:>10} {result['images_per_second']:10.1f} {result['images_per_second_per_core']:9.1f} "
           f"{result['best_images_per_second']:8.1f} {result.get('reference_images_per_second', np.nan):10.1f} "
           f"{result.get('reference_best_images_per_second', np.nan):9.1f}")
-    if args.output:
-        with open(args.output, "w") as f:
-            json.dump(result, f, indent=1)
+    common.write(result, args.output)
 
 
 if __name__ == "__main__":

@@ -11,14 +11,12 @@ where the device's peak is known.
 
 import argparse
 import functools
-import json
-import os
-import platform
 import statistics
 import sys
 import time
 from types import SimpleNamespace
 
+import common
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -134,10 +132,7 @@ def main() -> None:
             times[name].append(timed(run)[1])
     device = jax.devices()[0]
     result = dict(model=args.model, batch_size=args.batch_size, image_size=args.image_size, dtype=args.dtype,
-                  scan=args.scan, remat=args.remat, on_device_data=args.on_device_data,
-                  device_kind=device.device_kind, platform=device.platform, num_devices=jax.device_count(),
-                  jax_version=jax.__version__, cores=os.cpu_count(),
-                  cpu=platform.processor() or platform.machine(), xla_flags=os.environ.get("XLA_FLAGS", ""))
+                  scan=args.scan, remat=args.remat, on_device_data=args.on_device_data, **common.environment())
     for name, (_, compile_seconds, fpi) in runners.items():
         prefix = "" if name == "ours" else "reference_"
         median = statistics.median(times[name])
@@ -156,9 +151,7 @@ def main() -> None:
         print(f"{name:<10} {result[prefix + 'images_per_second']:9.2f} {result[prefix + 'step_seconds_median']:8.3f} "
               f"{result[prefix + 'compile_seconds']:10.1f}")
     print(f"GFLOPs/image {result['flops_per_image'] / 1e9:.2f}  MFU {result['mfu']}  device {device.device_kind}")
-    if args.output:
-        with open(args.output, "w") as f:
-            json.dump(result, f, indent=1)
+    common.write(result, args.output)
 
 
 if __name__ == "__main__":
