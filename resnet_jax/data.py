@@ -87,23 +87,34 @@ class Source:
         return ds
 
 
-def _is_image(path: str) -> bool:
+def _is_image(path: str, decode: bool = False) -> bool:
+    """By the file's leading bytes, or (``decode``) by decoding it fully with PIL (finds truncated files)."""
     with open(path, "rb") as f:
         head = f.read(8)
-    return head.startswith((b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM"))
+    if not head.startswith((b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM")):
+        return False
+    if decode:
+        from PIL import Image
+
+        try:
+            with Image.open(path) as image:
+                image.load()
+        except Exception:
+            return False
+    return True
 
 
-def folder_source(root: str, split: str, on_bad_file: str = "warn") -> Source:
+def folder_source(root: str, split: str, on_bad_file: str = "warn", verify: bool = False) -> Source:
     """``<root>/<split>/<class>/<image>``; labels follow the sorted class folders (as TFDS ImageFolder).
 
     A split may carry a slice, ``train[:45000]`` or ``train[45000:]``: it slices a fixed pseudo-random order of
     the files (seed 0), so that slices keep the classes balanced and complementary slices are disjoint.
-    Files that are not images (by their leading bytes) are skipped with a warning naming each, and a count;
-    ``on_bad_file="raise"`` raises instead.
+    Files that are not images (by their leading bytes; with ``verify``, by decoding each once, which also finds
+    truncated files) are skipped with a warning naming each, and a count; ``on_bad_file="raise"`` raises instead.
     """
     match = re.fullmatch(r"(\w+)\[(-?\d*):(-?\d*)\]", split)
     if match:
-        whole = folder_source(root, match[1], on_bad_file)
+        whole = folder_source(root, match[1], on_bad_file, verify)
         order = np.random.default_rng(0).permutation(whole.num_examples)
         keep = np.sort(order[slice(int(match[2]) if match[2] else None, int(match[3]) if match[3] else None)])
         if not len(keep):
@@ -122,7 +133,7 @@ def folder_source(root: str, split: str, on_bad_file: str = "warn") -> Source:
     paths, labels, bad = [], [], []
     for label, name in enumerate(classes):
         files = sorted(e.path for e in os.scandir(os.path.join(directory, name)) if e.is_file())
-        good = [p for p in files if p.lower().endswith(IMAGE_EXTENSIONS) and _is_image(p)]
+        good = [p for p in files if p.lower().endswith(IMAGE_EXTENSIONS) and _is_image(p, verify)]
         bad += sorted(set(files) - set(good))
         if not good:
             raise DataError(f"class folder {os.path.join(directory, name)} holds no images")
@@ -160,10 +171,11 @@ def tfds_source(name: str, split: str, data_dir: str | None = None) -> Source:
                   tfds_builder=builder, tfds_split=split)
 
 
-def get_source(dataset: str, split: str, data_dir: str | None = None, on_bad_file: str = "warn") -> Source:
-    """``dataset`` is ``"folder:/path/to/root"`` or a TFDS name."""
+def get_source(dataset: str, split: str, data_dir: str | None = None, on_bad_file: str = "warn",
+               verify: bool = False) -> Source:
+    """``dataset`` is ``"folder:/path/to/root"`` or a TFDS name (``on_bad_file`` and ``verify``: folders only)."""
     if dataset.startswith("folder:"):
-        return folder_source(dataset[len("folder:"):], split, on_bad_file)
+        return folder_source(dataset[len("folder:"):], split, on_bad_file, verify)
     return tfds_source(dataset, split, data_dir)
 
 

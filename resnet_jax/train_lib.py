@@ -238,8 +238,9 @@ def prepare(config: ml_collections.ConfigDict, workdir: str, mngr=None) -> Run:
         jnp.dtype(config.dtype)
     except TypeError as e:
         raise ConfigError(f"dtype {config.dtype!r} is not a dtype") from e
-    train_source = data.get_source(config.dataset, config.train_split, config.data_dir)
-    eval_source = data.get_source(config.dataset, config.eval_split, config.data_dir)
+    verify = config.get("verify_images", False)
+    train_source = data.get_source(config.dataset, config.train_split, config.data_dir, verify=verify)
+    eval_source = data.get_source(config.dataset, config.eval_split, config.data_dir, verify=verify)
     if train_source.num_examples < config.batch_size:
         raise ConfigError(f"{config.dataset}:{config.train_split} has {train_source.num_examples} examples, "
                           f"fewer than batch_size {config.batch_size}")

@@ -65,6 +65,16 @@ def test_non_image_files_are_skipped_with_a_warning_or_raise(tmp_path, caplog):
     assert "fake.jpg" in caplog.text and "notes.txt" in caplog.text and "skipped 2 non-image" in caplog.text
     with pytest.raises(data.DataError, match=r"2 file.*not images"):
         data.get_source(f"folder:{tmp_path}", "train", on_bad_file="raise")
+    # a truncated JPEG has a valid header: only full verification finds it
+    good = tmp_path / "train" / "cat" / "0.png"
+    Image.open(good).save(tmp_path / "train" / "cat" / "whole.jpg")
+    data_bytes = (tmp_path / "train" / "cat" / "whole.jpg").read_bytes()
+    (tmp_path / "train" / "cat" / "truncated.jpg").write_bytes(data_bytes[: len(data_bytes) // 2])
+    assert data.get_source(f"folder:{tmp_path}", "train").num_examples == 11
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        assert data.get_source(f"folder:{tmp_path}", "train", verify=True).num_examples == 10
+    assert "truncated.jpg" in caplog.text and "skipped 3 non-image" in caplog.text
 
 
 def test_folder_errors_name_the_problem(tmp_path):

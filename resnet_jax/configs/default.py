@@ -21,6 +21,7 @@ def fields() -> dict[str, Any]:
     # Data: a TFDS name or "folder:/path/to/root" (<root>/<split>/<class>/<image>).
     c.dataset = "cifar10"
     c.data_dir = None  # a placeholder for str in the ConfigDict
+    c.verify_images = False  # image folders: decode every file once up front and skip (with a warning) bad ones
     c.train_split = "train"
     c.eval_split = "test"
     c.train_preset = "cifar"
