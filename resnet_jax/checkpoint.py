@@ -35,14 +35,16 @@ def manager(workdir: str, keep: int = 3, create: bool = True, async_save: bool =
     """A manager over ``<workdir>/checkpoints`` keeping the last ``keep`` steps plus the best by
     ``eval_top1_error``."""
     policies = ocp.checkpoint_managers
-    options = dict(create=create, enable_async_checkpointing=async_save)
+    # best_fn also makes the manager write each step's metrics (read back by best_step / --step=best)
+    options = dict(create=create, enable_async_checkpointing=async_save, best_fn=lambda m: m["eval_top1_error"],
+                   best_mode="min", keep_checkpoints_without_metrics=True)
     if hasattr(policies, "AnyPreservationPolicy"):
         options["preservation_policy"] = policies.AnyPreservationPolicy([
             policies.LatestN(n=keep),
             policies.BestN(get_metric_fn=lambda m: m["eval_top1_error"], reverse=True, n=1,
                            keep_checkpoints_without_metrics=False)])
-    else:  # older Orbax: best-by-metric retention only
-        options.update(max_to_keep=keep, best_fn=lambda m: m["eval_top1_error"], best_mode="min")
+    else:  # older Orbax: the last ``keep`` steps
+        options["max_to_keep"] = keep
     return ocp.CheckpointManager(checkpoint_dir(workdir), options=ocp.CheckpointManagerOptions(**options),
                                  item_handlers=dict(variables=ocp.StandardCheckpointHandler(),
                                                     train=ocp.StandardCheckpointHandler(),
