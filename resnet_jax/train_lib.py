@@ -377,7 +377,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
 
 def train_iterator(run: Run, start_step: int, mesh: jax.sharding.Mesh) -> Iterator[dict[str, jax.Array]]:
-    """Global training batches from ``start_step`` on (host pipeline, or on-device data when configured)."""
+    """Global training batches from ``start_step`` on, from the host pipeline, sharded onto ``mesh``."""
     config = run.config
     for batch in data.train_batches(run.train_source, config.batch_size, config.train_preset, config.image_size,
                                     seed=config.seed, start_step=start_step):
