@@ -90,10 +90,8 @@ def multiscale_views(encoded: bytes, sizes=data.MULTISCALE_SIZES, multiple: int 
 
 def evaluate_multiscale(model: Any, variables: Any, source: data.Source, mean: Any, std: Any,
                         sizes=data.MULTISCALE_SIZES, limit: int | None = None, progress: Any = None) -> dict:
-    """Softmax scores averaged over scales and flips, one image at a time (shapes vary), on this process."""
-    if jax.process_count() > 1:
-        raise NotImplementedError("multi-scale evaluation runs in a single process; use --crops=center|10 "
-                                  "for multi-host evaluation")
+    """Softmax scores averaged over scales and flips, one image at a time (shapes vary) on this process's
+    first device; with several processes each takes every P-th example and the counts are summed over all."""
     if np.asarray(mean).ndim > 1:
         raise ValueError("multi-scale testing needs per-channel normalisation; this model uses a per-pixel mean")
     probs_fn = jax.jit(lambda v, x: predict_probs(model, v, x[None], mean, std)[0])
@@ -101,12 +99,18 @@ def evaluate_multiscale(model: Any, variables: Any, source: data.Source, mean: A
     ds = source.epoch(0, 0, shuffle=False)
     if limit:
         ds = ds.take(limit)
+    ds = ds.shard(jax.process_count(), jax.process_index())
     for encoded, label in ds.as_numpy_iterator():
         scores = np.mean([np.asarray(probs_fn(variables, v)) for v in multiscale_views(encoded, sizes)], axis=0)
         got = topk_counts(jnp.asarray(scores)[None], jnp.asarray([label]), jnp.ones(1, bool))
         counts = {k: counts[k] + float(got[k]) for k in counts}
         if progress is not None:
             progress.update(1)
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        gathered = multihost_utils.process_allgather(np.array([counts[k] for k in counts], np.float64))
+        counts = dict(zip(counts, np.asarray(gathered).reshape(-1, len(counts)).sum(axis=0).tolist()))
     return summarize(counts)
 
 
