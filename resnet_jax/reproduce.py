@@ -34,7 +34,7 @@ def study_config(model: str, dataset: str, steps: int, data_dir: str | None, on_
     c.train_split, c.eval_split = "train", "test"  # Figure 6 plots the test error
     c.num_train_steps = steps
     c.log_every_steps = 50
-    c.eval_every_steps = c.checkpoint_every_steps = max(50, steps // 6)
+    c.eval_every_steps = c.checkpoint_every_steps = max(50, steps // 5)
     c.on_device_data = on_device
     return c
 
