@@ -69,20 +69,20 @@ class Source:
         """tf.data of (encoded bytes, label) in this epoch's order (a pure function of seed and epoch)."""
         tf = _tf()
         if self.paths is not None:
-            ds = tf.data.Dataset.from_tensor_slices((self.paths, self.labels))
-            if shuffle:
-                order = np.random.default_rng([seed, epoch]).permutation(self.num_examples)
-                ds = tf.data.Dataset.from_tensor_slices((self.paths[order], self.labels[order]))
+            order = (np.random.default_rng([seed, epoch]).permutation(self.num_examples) if shuffle
+                     else np.arange(self.num_examples))
+            ds = tf.data.Dataset.from_tensor_slices((self.paths[order], self.labels[order]))
             return ds.map(lambda p, y: (tf.io.read_file(p), y), num_parallel_calls=tf.data.AUTOTUNE,
                           deterministic=True)
         import tensorflow_datasets as tfds
 
-        read_config = tfds.ReadConfig(shuffle_seed=seed * 100_003 + epoch, interleave_cycle_length=16)
+        epoch_seed = seed * 100_003 + epoch
+        read_config = tfds.ReadConfig(shuffle_seed=epoch_seed, interleave_cycle_length=16)
         ds = self.tfds_builder.as_dataset(split=self.tfds_split, shuffle_files=shuffle, read_config=read_config,
                                           decoders={"image": tfds.decode.SkipDecoding()})
         ds = ds.map(lambda ex: (ex["image"], tf.cast(ex["label"], tf.int32)))
         if shuffle:
-            ds = ds.shuffle(min(self.num_examples, 20_000), seed=seed * 100_003 + epoch,
+            ds = ds.shuffle(min(self.num_examples, 20_000), seed=epoch_seed,
                             reshuffle_each_iteration=False)
         return ds
 
@@ -201,9 +201,12 @@ def _decode(tf, data, accurate: bool, crop=None):
     return image
 
 
-def _resize(tf, image, size):
-    image = tf.image.resize(image, size, method="bilinear", antialias=False)
+def _to_uint8(tf, image):
     return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
+
+
+def _resize(tf, image, size):
+    return _to_uint8(tf, tf.image.resize(image, size, method="bilinear", antialias=False))
 
 
 def _shape(tf, data):
@@ -252,8 +255,7 @@ def train_preprocess(data, seed, preset: str, image_size: int):
         alpha = tf.random.stateless_normal([3], seeds[3], stddev=0.1)
         offset = tf.linalg.matvec(tf.constant(PCA_EIGVEC), alpha * tf.constant(PCA_EIGVAL)) * 255.0
         image = image + offset
-    image = tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
-    return _flip(tf, image, seeds[4])
+    return _flip(tf, _to_uint8(tf, image), seeds[4])
 
 
 def ten_crop_boxes(height: int, width: int, crop: int) -> list[tuple[int, int]]:
