@@ -10,7 +10,8 @@ batches an uninterrupted run would have seen from step k, without decoding the s
 Multi-host: global batch k holds positions [kB, (k+1)B) of the epoch; process p takes its contiguous
 B/P slice of it, so the global batch does not depend on the number of processes.
 
-TensorFlow is imported lazily: the models and training on in-memory data run without it.
+TensorFlow is imported lazily: the models, and training and evaluation on CIFAR-style image folders (decoded
+with PIL) run without it.
 """
 
 from __future__ import annotations
@@ -348,9 +349,13 @@ def eval_view_shape(preset: str, image_size: int) -> tuple[int, ...]:
 def eval_batches(source: Source, batch_size: int, preset: str, image_size: int, resize_size: int | None = None,
                  process_index: int | None = None,
                  process_count: int | None = None) -> Iterator[dict[str, np.ndarray]]:
-    """One pass in order; the last global batch is padded with ``mask=False`` examples (never dropped)."""
-    tf = _tf()
+    """One pass in order; the last global batch is padded with ``mask=False`` examples (never dropped).
+    Image folders with the ``cifar`` preset are decoded with PIL, without TensorFlow (the same pixels)."""
     process_index, process_count = _processes(process_index, process_count)
+    if source.paths is not None and preset == "cifar":
+        yield from _folder_eval_batches(source, batch_size, image_size, process_index, process_count)
+        return
+    tf = _tf()
     n = source.num_examples
     pad = math.ceil(n / batch_size) * batch_size - n
     ds = source.epoch(0, 0, shuffle=False).map(lambda data, label: (data, label, tf.constant(True)))
@@ -368,6 +373,22 @@ def eval_batches(source: Source, batch_size: int, preset: str, image_size: int, 
     yield from ds.batch(local).prefetch(tf.data.AUTOTUNE).as_numpy_iterator()
 
 
+def _folder_eval_batches(source: Source, batch_size: int, image_size: int, process_index: int,
+                         process_count: int) -> Iterator[dict[str, np.ndarray]]:
+    """``eval_batches`` for image folders and the ``cifar`` preset: the same batches, decoded with PIL."""
+    if batch_size % process_count:
+        raise ValueError(f"global batch {batch_size} is not divisible by {process_count} processes")
+    local = batch_size // process_count
+    for start in range(0, source.num_examples, batch_size):
+        index = np.arange(start + process_index * local, start + (process_index + 1) * local)
+        real = index[index < source.num_examples]
+        images = np.zeros((local, image_size, image_size, 3), np.uint8)
+        images[:len(real)] = decode_files(source.paths[real], image_size)
+        labels = np.full(local, -1, np.int32)
+        labels[:len(real)] = source.labels[real]
+        yield {"image": images, "label": labels, "mask": np.arange(local) < len(real)}
+
+
 def decode_images(files: Sequence[str], preset: str, image_size: int, resize_size: int | None = None) -> np.ndarray:
     """Evaluation views of image files (for inference); an unreadable file raises naming it."""
     tf = _tf()
@@ -380,35 +401,77 @@ def decode_images(files: Sequence[str], preset: str, image_size: int, resize_siz
     return np.stack(out)
 
 
-def load_arrays(source: Source) -> tuple[np.ndarray, np.ndarray]:
-    """A whole split decoded (accurate IDCT) into memory: uint8 images (N, H, W, 3) and int32 labels.
-    For small-image datasets (CIFAR); the images must share one size."""
+def _read_rgb(path: str) -> np.ndarray:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            return np.asarray(image.convert("RGB"))
+    except Exception as e:
+        raise DataError(f"cannot read image {path}: {e}") from e
+
+
+def _crop_or_pad(image: np.ndarray, size: int) -> np.ndarray:
+    """Central crop or zero padding to ``size`` x ``size`` (as ``tf.image.resize_with_crop_or_pad``)."""
+    out = np.zeros((size, size, 3), np.uint8)
+    h, w = min(image.shape[0], size), min(image.shape[1], size)
+    y, x = (image.shape[0] - h) // 2, (image.shape[1] - w) // 2
+    oy, ox = (size - h) // 2, (size - w) // 2
+    out[oy:oy + h, ox:ox + w] = image[y:y + h, x:x + w]
+    return out
+
+
+def decode_files(paths: Sequence[str], image_size: int | None = None) -> np.ndarray:
+    """Image files decoded with PIL in threads into uint8 (N, H, W, 3) RGB; JPEGs with the accurate IDCT, the
+    same pixels as the TensorFlow evaluation path (tested). With ``image_size`` each image is centrally cropped
+    or zero-padded to it (the ``cifar`` view); without, all must have one size. Errors name the file."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(min(16, os.cpu_count() or 1)) as pool:
+        images = list(pool.map(_read_rgb, paths))
+    if image_size is not None:
+        images = [im if im.shape[:2] == (image_size, image_size) else _crop_or_pad(im, image_size) for im in images]
+    for path, image in zip(paths, images):
+        if image.shape != images[0].shape:
+            raise DataError(f"{path} is {image.shape[1]}x{image.shape[0]} but {paths[0]} is "
+                            f"{images[0].shape[1]}x{images[0].shape[0]}; images loaded into memory must share one "
+                            f"size")
+    return np.stack(images) if images else np.zeros((0, image_size or 0, image_size or 0, 3), np.uint8)
+
+
+def _chunks(source: Source, size: int = 4096) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """A whole split in order, decoded (accurate IDCT) in chunks of (uint8 images, labels); TensorFlow only
+    for TFDS datasets."""
+    if source.paths is not None:
+        for start in range(0, source.num_examples, size):
+            yield decode_files(source.paths[start:start + size]), source.labels[start:start + size]
+        return
     tf = _tf()
     ds = source.epoch(0, 0, shuffle=False).map(lambda d, y: (_decode(tf, d, accurate=True), y),
                                                num_parallel_calls=tf.data.AUTOTUNE)
-    images, labels = [], []
     try:
-        for x, y in ds.batch(1024).as_numpy_iterator():
-            images.append(x)
-            labels.append(y)
+        yield from ds.batch(size).as_numpy_iterator()
     except Exception as e:
         raise DataError(f"cannot load {source.name}:{source.split} into memory (images of different sizes?): "
                         f"{e}") from e
+
+
+def load_arrays(source: Source) -> tuple[np.ndarray, np.ndarray]:
+    """A whole split decoded into memory: uint8 images (N, H, W, 3) and int32 labels. For small-image
+    datasets (CIFAR); the images must share one size. Image folders need no TensorFlow."""
+    images, labels = zip(*_chunks(source))
     return np.concatenate(images), np.concatenate(labels).astype(np.int32)
 
 
 def pixel_mean(source: Source, max_examples: int | None = None) -> np.ndarray:
     """Per-pixel mean image of a split (the paper's CIFAR normalisation, Sec. 4.2), float32 (H, W, 3)."""
-    tf = _tf()
-    ds = source.epoch(0, 0, shuffle=False)
-    if max_examples:
-        ds = ds.take(max_examples)
-    ds = ds.map(lambda data, _: tf.cast(_decode(tf, data, accurate=True), tf.float64),
-                num_parallel_calls=tf.data.AUTOTUNE).batch(1024)
     total, count = 0.0, 0
-    for images in ds.as_numpy_iterator():
-        total = total + images.sum(axis=0)
+    for images, _ in _chunks(source):
+        images = images[:max_examples - count] if max_examples else images
+        total = total + images.sum(axis=0, dtype=np.float64)
         count += len(images)
+        if max_examples and count >= max_examples:
+            break
     return (total / count).astype(np.float32)
 
 

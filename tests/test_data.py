@@ -241,6 +241,21 @@ def test_eval_scores_every_example_exactly_once(folder, processes):
     assert len(seen) == 21 and len(set(seen)) == 21
 
 
+def test_folder_cifar_views_are_tensorflows_crop_or_pad(tmp_path):
+    # the PIL path for image folders must give TensorFlow's pixels: central crop / zero padding, odd sizes too
+    for i, (h, w) in enumerate([(40, 36), (20, 27), (32, 32), (33, 50)]):
+        write_folder(tmp_path, classes=(f"c{i}",), per_class=1, size=(h, w), fmt="jpg")
+    src = data.get_source(f"folder:{tmp_path}", "train")
+    batch = next(data.eval_batches(src, 4, "cifar", 32, process_index=0, process_count=1))
+    want = np.stack([data.eval_preprocess(tf.io.read_file(p), "cifar", 32).numpy() for p in src.paths])
+    np.testing.assert_array_equal(batch["image"], want)
+    with pytest.raises(data.DataError, match=r"c1/0.jpg is 27x20 but .*c0/0.jpg is 36x40"):
+        data.load_arrays(src)
+    (tmp_path / "train" / "c0" / "0.jpg").write_bytes(b"\xff\xd8\xff garbage")
+    with pytest.raises(data.DataError, match=r"cannot read image .*c0/0.jpg"):
+        next(data.eval_batches(src, 4, "cifar", 32, process_index=0, process_count=1))
+
+
 def test_to_global_shards_the_batch_over_devices():
     import jax
 
@@ -264,10 +279,13 @@ def test_real_cifar10_jpegs(cifar10_root):
                                 "truck"]
     batch = next(data.train_batches(train, 256, "cifar", 32, process_index=0, process_count=1))
     assert batch["image"].shape == (256, 32, 32, 3) and len(set(batch["label"])) == 10
-    # evaluation decodes with the accurate IDCT: bit-identical to PIL
-    first = next(data.eval_batches(test, 16, "cifar", 32, process_index=0, process_count=1))
-    pil = np.stack([np.asarray(Image.open(p).convert("RGB")) for p in test.paths[:16]])
+    # folders are evaluated through PIL; TensorFlow's accurate IDCT (TFDS datasets) gives the same pixels
+    first = next(data.eval_batches(test, 64, "cifar", 32, process_index=0, process_count=1))
+    pil = np.stack([np.asarray(Image.open(p).convert("RGB")) for p in test.paths[:64]])
     np.testing.assert_array_equal(first["image"], pil)
+    tf = data._tf()
+    via_tf = np.stack([data.eval_preprocess(tf.io.read_file(p), "cifar", 32).numpy() for p in test.paths[:64]])
+    np.testing.assert_array_equal(via_tf, pil)
     mean = data.pixel_mean(test)  # CIFAR-10's well-known channel means: 125.3, 123.0, 113.9
     assert mean.shape == (32, 32, 3)
     np.testing.assert_allclose(mean.mean(axis=(0, 1)), [125.3, 123.0, 113.9], atol=3)

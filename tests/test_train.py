@@ -286,6 +286,23 @@ def test_on_device_training_runs_and_resumes(tiny, tmp_path):
         train_lib.prepare(tiny_config(tiny, on_device_data=True, train_preset="inception"), str(tmp_path / "b"))
 
 
+def test_cifar_folders_train_and_evaluate_without_tensorflow(tiny, tmp_path):
+    # GPU images often lack TensorFlow: on-device CIFAR training and its evaluation must not import it
+    blocker = tmp_path / "blocked"
+    blocker.mkdir()
+    for name in ("tensorflow", "tensorflow_datasets"):
+        (blocker / f"{name}.py").write_text(f"raise ImportError('{name} is blocked in this test')\n")
+    env = {"PYTHONPATH": os.pathsep.join([str(blocker), str(ROOT)])}
+    cmd, env = cli(tmp_path / "run", tiny, 4, "--config.on_device_data=True", "--config.eval_every_steps=4",
+                   devices=2, env=env)
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    done = subprocess.run([sys.executable, str(ROOT / "evaluate.py"), f"--workdir={tmp_path / 'run'}"], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "top-1" in done.stdout.lower() or "top1" in done.stdout.lower(), done.stdout
+
+
 def test_degradation_study_trains_resumes_and_reports(tiny, tmp_path, monkeypatch):
     from resnet_jax import reproduce
 
