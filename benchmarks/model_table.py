@@ -1,7 +1,7 @@
-"""Print the README's model table: parameters and multiply-adds (XLA cost analysis) beside the paper's figures.
+"""Print the README's model table: parameters and multiply-adds beside the paper's figures.
 
-Multiply-adds come from the compiled forward pass, except for cifar_resnet1202, whose unrolled forward pass
-takes minutes to compile on a CPU: there the lowered program's analysis is used.
+Multiply-adds are those of the convolutions and the fully-connected layer (Table 1's count), summed exactly
+over the traced forward pass (``resnet_jax.models.multiply_adds``); nothing is compiled.
 
     python benchmarks/model_table.py [--output=models.json]
 """
@@ -36,7 +36,7 @@ def main() -> None:
         size = 32 if name.startswith("cifar") else 224
         row = dict(model=name, layers=layers(name), image_size=size,
                    params=count_params(abstract_variables(model, size)["params"]),
-                   multiply_adds=multiply_adds(model, size, compiled=layers(name) < 1000), paper=PAPER.get(name, ""))
+                   multiply_adds=multiply_adds(model, size), paper=PAPER.get(name, ""))
         rows.append(row)
         print(f"| `{name}` | {row['layers']} | {row['params'] / 1e6:.2f}M | "
               f"{row['multiply_adds'] / 1e9:.2f}G ({size}²) | {row['paper']} |", flush=True)

@@ -376,17 +376,31 @@ def eval_batches(source: Source, batch_size: int, preset: str, image_size: int, 
 def _folder_eval_batches(source: Source, batch_size: int, image_size: int, process_index: int,
                          process_count: int) -> Iterator[dict[str, np.ndarray]]:
     """``eval_batches`` for image folders and the ``cifar`` preset: the same batches, decoded with PIL."""
+    yield from _padded_batches(source.num_examples, source.labels, lambda i: decode_files(source.paths[i], image_size),
+                               batch_size, process_index, process_count)
+
+
+def array_batches(images: np.ndarray, labels: np.ndarray, batch_size: int, process_index: int | None = None,
+                  process_count: int | None = None) -> Iterator[dict[str, np.ndarray]]:
+    """``eval_batches`` over a split already in memory (``load_arrays``): padded and masked the same way."""
+    process_index, process_count = _processes(process_index, process_count)
+    yield from _padded_batches(len(images), labels, lambda i: images[i], batch_size, process_index, process_count)
+
+
+def _padded_batches(n: int, labels: np.ndarray, images_at, batch_size: int, process_index: int,
+                    process_count: int) -> Iterator[dict[str, np.ndarray]]:
     if batch_size % process_count:
         raise ValueError(f"global batch {batch_size} is not divisible by {process_count} processes")
     local = batch_size // process_count
-    for start in range(0, source.num_examples, batch_size):
+    for start in range(0, n, batch_size):
         index = np.arange(start + process_index * local, start + (process_index + 1) * local)
-        real = index[index < source.num_examples]
-        images = np.zeros((local, image_size, image_size, 3), np.uint8)
-        images[:len(real)] = decode_files(source.paths[real], image_size)
-        labels = np.full(local, -1, np.int32)
-        labels[:len(real)] = source.labels[real]
-        yield {"image": images, "label": labels, "mask": np.arange(local) < len(real)}
+        real = index[index < n]
+        first = images_at(real)
+        images = np.zeros((local, *first.shape[1:]), np.uint8)
+        images[:len(real)] = first
+        padded_labels = np.full(local, -1, np.int32)
+        padded_labels[:len(real)] = labels[real]
+        yield {"image": images, "label": padded_labels, "mask": np.arange(local) < len(real)}
 
 
 def decode_images(files: Sequence[str], preset: str, image_size: int, resize_size: int | None = None) -> np.ndarray:

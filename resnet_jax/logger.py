@@ -11,6 +11,8 @@ import jax
 
 from resnet_jax import plot
 
+PLOT_EVERY_SECONDS = 30  # redraw curves.png at most this often (and once at the end): drawing takes ~0.5 s
+
 
 class RunLogger:
     def __init__(self, workdir: str, total_steps: int, start_step: int, batch_size: int, steps_per_epoch: int):
@@ -18,6 +20,7 @@ class RunLogger:
         self.main = jax.process_index() == 0
         self.last_step, self.last_time = start_step, time.perf_counter()
         self.bar = self.writer = None
+        self.unplotted, self.last_plot = False, -float("inf")
         if self.main:
             from tqdm import tqdm
 
@@ -56,9 +59,17 @@ class RunLogger:
                      "val": "eval_top1_error"}
             self.bar.set_postfix({k: f"{event[v]:.4g}" for k, v in shown.items() if v in event}, refresh=True)
         if "eval_top1_error" in metrics:
-            plot.plot_runs([self.workdir], os.path.join(self.workdir, "curves.png"))
+            self.unplotted = True
+            if time.perf_counter() - self.last_plot > PLOT_EVERY_SECONDS:
+                self.plot()
+
+    def plot(self) -> None:
+        plot.plot_runs([self.workdir], os.path.join(self.workdir, "curves.png"))
+        self.unplotted, self.last_plot = False, time.perf_counter()
 
     def close(self) -> None:
+        if self.unplotted:
+            self.plot()
         if self.bar is not None:
             self.bar.close()
         if self.writer is not None:

@@ -302,9 +302,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         state = TrainState(restored["train"]["step"], restored["variables"]["params"],
                            restored["variables"]["batch_stats"], restored["train"]["opt_state"])
         log.info("resumed from step %d", start)
-    dataset = None
-    if config.on_device_data:
+    dataset = eval_arrays = None
+    if config.on_device_data:  # small images: the validation split is decoded once, too
         dataset = on_device_data(run.train_source, config.batch_size, config.seed, mesh)
+        eval_arrays = data.load_arrays(run.eval_source)
+        for split, shape in ((config.train_split, dataset.images.shape), (config.eval_split, eval_arrays[0].shape)):
+            if shape[1:3] != (config.image_size, config.image_size):
+                raise ConfigError(f"on_device_data: {config.dataset}:{split} holds {shape[2]}x{shape[1]} images, "
+                                  f"but image_size is {config.image_size}")
     train_step = make_train_step(run.model, tx, mesh, run.mean, run.std, run.model.num_classes,
                                  config.label_smoothing, schedule, dataset)
     eval_step = evaluation.make_eval_step(run.model, run.mean, run.std)
@@ -357,8 +362,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                 out.log(step, last)
             eval_metrics = None
             if step % config.eval_every_steps == 0 or done:
-                result = evaluation.evaluate(eval_step, state.variables, data.eval_batches(
-                    run.eval_source, config.eval_batch_size, config.eval_preset, config.image_size), mesh)
+                eval_data = (data.array_batches(*eval_arrays, config.eval_batch_size) if eval_arrays else
+                             data.eval_batches(run.eval_source, config.eval_batch_size, config.eval_preset,
+                                               config.image_size))
+                result = evaluation.evaluate(eval_step, state.variables, eval_data, mesh)
                 eval_metrics = {"eval_top1_error": result["top1_error"], "eval_top5_error": result["top5_error"],
                                 "eval_loss": result["loss"]}
                 last.update(eval_metrics)

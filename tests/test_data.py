@@ -239,6 +239,13 @@ def test_eval_scores_every_example_exactly_once(folder, processes):
             seen += [img.tobytes() for img, m in zip(b["image"], b["mask"]) if m]
             assert (b["label"][~b["mask"]] == -1).all()
     assert len(seen) == 21 and len(set(seen)) == 21
+    images, labels = data.load_arrays(folder)  # the same batches from a split held in memory (36x36 images)
+    for p in range(processes):
+        pairs = zip(data.array_batches(images, labels, 4, process_index=p, process_count=processes),
+                    data.eval_batches(folder, 4, "cifar", 36, process_index=p, process_count=processes), strict=True)
+        for from_memory, from_files in pairs:
+            for key in ("image", "label", "mask"):
+                np.testing.assert_array_equal(from_memory[key], from_files[key])
 
 
 def test_folder_cifar_views_are_tensorflows_crop_or_pad(tmp_path):

@@ -282,6 +282,9 @@ def test_on_device_training_runs_and_resumes(tiny, tmp_path):
     c = tiny_config(tiny, on_device_data=True, num_train_steps=4, checkpoint_every_steps=2, eval_every_steps=4)
     first = train_lib.train_and_evaluate(c, str(tmp_path / "a"))
     assert first["step"] == 4 and np.isfinite(first["train_loss"])
+    with pytest.raises(train_lib.ConfigError, match=r"test holds 16x16 images, but image_size is 8"):
+        train_lib.train_and_evaluate(tiny_config(tiny, on_device_data=True, image_size=8, train_split="test"),
+                                     str(tmp_path / "c"))
     with pytest.raises(train_lib.ConfigError, match="on_device_data implements the cifar preset"):
         train_lib.prepare(tiny_config(tiny, on_device_data=True, train_preset="inception"), str(tmp_path / "b"))
 
