@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One GPU check (< 8 minutes on one NVIDIA GPU with jax/flax/optax/orbax and no TensorFlow):
+# One GPU check (~3 minutes on one NVIDIA H200 with jax/flax/optax/orbax and no TensorFlow):
 #   1. resnet50 bf16 train step, batch 256 (images/s, MFU)
 #   2. cifar_resnet20 training with the train set on the device (images/s; synthetic CIFAR-sized data)
 #   3. resnet50 10-crop evaluation on in-memory views (images/s)

@@ -46,7 +46,7 @@ TABLE1_MACS = {"resnet18": 1.8, "resnet34": 3.6, "resnet50": 3.8, "resnet101": 7
 @pytest.mark.parametrize("name", sorted(TABLE1_MACS))
 def test_multiply_adds_match_table1(name):
     macs = multiply_adds(create_model(name)) / 1e9
-    assert round(macs, 1) == TABLE1_MACS[name]  # Table 1 rounds to 0.1 G
+    assert macs == pytest.approx(TABLE1_MACS[name], rel=0.02)  # Table 1 gives 0.1 G (3.66 -> 3.6, 7.57 -> 7.6)
 
 
 def test_multiply_adds_by_hand_and_under_scan():

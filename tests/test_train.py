@@ -304,6 +304,10 @@ def test_cifar_folders_train_and_evaluate_without_tensorflow(tiny, tmp_path):
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "top-1" in done.stdout.lower() or "top1" in done.stdout.lower(), done.stdout
+    image = next((tiny / "test").glob("*/*"))
+    done = subprocess.run([sys.executable, str(ROOT / "evaluate.py"), f"--workdir={tmp_path / 'run'}",
+                           "--images", str(image)], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and str(image) in done.stdout, done.stderr[-3000:]
 
 
 def test_degradation_study_trains_resumes_and_reports(tiny, tmp_path, monkeypatch):
