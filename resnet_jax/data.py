@@ -95,12 +95,9 @@ def _is_image(path: str, decode: bool = False) -> bool:
     if not head.startswith((b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM")):
         return False
     if decode:
-        from PIL import Image
-
         try:
-            with Image.open(path) as image:
-                image.load()
-        except Exception:
+            _read_rgb(path)
+        except DataError:
             return False
     return True
 
@@ -302,11 +299,15 @@ def resize_shorter(tf, image, size: int):
 # ---------------------------------------------------------------------------------------------- batching
 
 
-def _process_slice(tf, ds, batch_size: int, process_index: int, process_count: int):
-    """Keep this process's contiguous slice of every global batch (before any decoding)."""
+def _local_batch(batch_size: int, process_count: int) -> int:
     if batch_size % process_count:
         raise ValueError(f"global batch {batch_size} is not divisible by {process_count} processes")
-    local = batch_size // process_count
+    return batch_size // process_count
+
+
+def _process_slice(tf, ds, batch_size: int, process_index: int, process_count: int):
+    """Keep this process's contiguous slice of every global batch (before any decoding)."""
+    local = _local_batch(batch_size, process_count)
     ds = ds.enumerate()
     if process_count > 1:
         ds = ds.filter(lambda i, _: (i // local) % process_count == process_index)
@@ -389,9 +390,9 @@ def array_batches(images: np.ndarray, labels: np.ndarray, batch_size: int, proce
 
 def _padded_batches(n: int, labels: np.ndarray, images_at, batch_size: int, process_index: int,
                     process_count: int) -> Iterator[dict[str, np.ndarray]]:
-    if batch_size % process_count:
-        raise ValueError(f"global batch {batch_size} is not divisible by {process_count} processes")
-    local = batch_size // process_count
+    """This process's slices of the global batches over ``n`` examples in order, the last padded (mask False,
+    label -1) as the TensorFlow path pads it; ``images_at(indices)`` decodes or looks up the images."""
+    local = _local_batch(batch_size, process_count)
     for start in range(0, n, batch_size):
         index = np.arange(start + process_index * local, start + (process_index + 1) * local)
         real = index[index < n]

@@ -186,9 +186,9 @@ class OnDeviceData:
         return {"image": crops, "label": all_labels[index]}
 
 
-def on_device_data(source: data.Source, batch_size: int, seed: int, mesh: jax.sharding.Mesh) -> OnDeviceData:
-    """Decode a split once and place it, replicated, on every device."""
-    images, labels = data.load_arrays(source)
+def on_device_data(images: np.ndarray, labels: np.ndarray, batch_size: int, seed: int,
+                   mesh: jax.sharding.Mesh) -> OnDeviceData:
+    """A decoded split (``data.load_arrays``) placed, replicated, on every device."""
     put = functools.partial(jax.device_put, device=NamedSharding(mesh, P()))
     return OnDeviceData(put(images), put(labels), batch_size, seed)
 
@@ -209,6 +209,7 @@ class Run:
     mean: np.ndarray
     std: np.ndarray
     steps_per_epoch: int
+    arrays: dict[str, tuple[np.ndarray, np.ndarray]] | None = None  # on_device_data: "train"/"eval" splits, decoded
 
 
 REQUIRED = ("model", "dataset", "batch_size", "num_train_steps", "eval_every_steps", "checkpoint_every_steps",
@@ -244,6 +245,13 @@ def prepare(config: ml_collections.ConfigDict, workdir: str, mngr=None) -> Run:
     if train_source.num_examples < config.batch_size:
         raise ConfigError(f"{config.dataset}:{config.train_split} has {train_source.num_examples} examples, "
                           f"fewer than batch_size {config.batch_size}")
+    arrays = None
+    if config.on_device_data:  # small images: both splits are decoded once, here
+        arrays = {"train": data.load_arrays(train_source), "eval": data.load_arrays(eval_source)}
+        for split, (images, _) in zip((config.train_split, config.eval_split), arrays.values()):
+            if images.shape[1:3] != (config.image_size, config.image_size):
+                raise ConfigError(f"on_device_data: {config.dataset}:{split} holds {images.shape[2]}x"
+                                  f"{images.shape[1]} images, but image_size is {config.image_size}")
     options = model_options(config)
     model = models.create_model(config.model, num_classes=len(train_source.class_names), **options)
     meta = None
@@ -258,7 +266,9 @@ def prepare(config: ml_collections.ConfigDict, workdir: str, mngr=None) -> Run:
         mean, std = np.asarray(meta["preprocessing"]["mean"]), np.asarray(meta["preprocessing"]["std"])
     elif config.normalization == "pixel_mean":  # Sec. 4.2: subtract the per-pixel mean of the training images
         log.info("computing the per-pixel mean of %s:%s", config.dataset, config.train_split)
-        mean, std = data.pixel_mean(train_source), np.ones(3, np.float32)
+        mean = (arrays["train"][0].mean(axis=0, dtype=np.float64).astype(np.float32) if arrays
+                else data.pixel_mean(train_source))
+        std = np.ones(3, np.float32)
     elif config.normalization == "mean_std":
         mean, std = np.asarray(config.mean, np.float32), np.asarray(config.std, np.float32)
     else:
@@ -275,7 +285,7 @@ def prepare(config: ml_collections.ConfigDict, workdir: str, mngr=None) -> Run:
     if config.sync_batch_stats:
         model = model.clone(bn_axis_name=AXIS)
     return Run(config, workdir, model, train_source, eval_source, meta, np.asarray(mean, np.float32),
-               np.asarray(std, np.float32), train_source.num_examples // config.batch_size)
+               np.asarray(std, np.float32), train_source.num_examples // config.batch_size, arrays)
 
 
 class Preempted(Exception):
@@ -302,14 +312,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         state = TrainState(restored["train"]["step"], restored["variables"]["params"],
                            restored["variables"]["batch_stats"], restored["train"]["opt_state"])
         log.info("resumed from step %d", start)
-    dataset = eval_arrays = None
-    if config.on_device_data:  # small images: the validation split is decoded once, too
-        dataset = on_device_data(run.train_source, config.batch_size, config.seed, mesh)
-        eval_arrays = data.load_arrays(run.eval_source)
-        for split, shape in ((config.train_split, dataset.images.shape), (config.eval_split, eval_arrays[0].shape)):
-            if shape[1:3] != (config.image_size, config.image_size):
-                raise ConfigError(f"on_device_data: {config.dataset}:{split} holds {shape[2]}x{shape[1]} images, "
-                                  f"but image_size is {config.image_size}")
+    dataset = None
+    if run.arrays:
+        dataset = on_device_data(*run.arrays["train"], config.batch_size, config.seed, mesh)
     train_step = make_train_step(run.model, tx, mesh, run.mean, run.std, run.model.num_classes,
                                  config.label_smoothing, schedule, dataset)
     eval_step = evaluation.make_eval_step(run.model, run.mean, run.std)
@@ -362,7 +367,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                 out.log(step, last)
             eval_metrics = None
             if step % config.eval_every_steps == 0 or done:
-                eval_data = (data.array_batches(*eval_arrays, config.eval_batch_size) if eval_arrays else
+                eval_data = (data.array_batches(*run.arrays["eval"], config.eval_batch_size) if run.arrays else
                              data.eval_batches(run.eval_source, config.eval_batch_size, config.eval_preset,
                                                config.image_size))
                 result = evaluation.evaluate(eval_step, state.variables, eval_data, mesh)
