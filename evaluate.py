@@ -29,11 +29,14 @@ def parse(argv=None) -> argparse.Namespace:
 
 
 def classify(clf, files) -> None:
-    names, probs = clf.top_k(files, k=5)
-    for path, row, p in zip(files, names, probs):
+    import numpy as np
+
+    probs = clf.predict(files)
+    for path, p in zip(files, probs):
         print(path)
-        for name, score in zip(row, p):
-            print(f"  {score:7.2%}  {name}")
+        for i in np.argsort(-p)[:5]:  # the name, and the dataset's id (e.g. the wnid) where it differs
+            name, class_id = clf.class_names[i], clf.class_ids[i]
+            print(f"  {p[i]:7.2%}  {name}" + (f"  ({class_id})" if class_id != name else ""))
 
 
 def main(argv=None) -> int:

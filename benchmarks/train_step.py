@@ -1,10 +1,13 @@
 """Throughput of the real train step of train.py on synthetic device-resident data.
 
     python benchmarks/train_step.py --model=resnet50 --batch_size=16 --image_size=224 --dtype=float32 \
-        --steps=5 [--reference=PATH/TO/flax/examples/imagenet] [--output=out.json]
+        --steps=5 [--conv_impl=auto,xla] [--torch] [--reference=PATH/TO/flax/examples/imagenet] [--output=out.json]
 
 ``--reference`` names a checkout of google/flax's examples/imagenet: its own ``train_step`` and ``ResNet50``
 are imported from there (nothing is copied here) and timed in the same process, the two steps taking turns.
+``--conv_impl`` takes a comma-separated list: each implementation is timed as its own runner. ``--torch``
+times the same network (resnet_jax.torch_models, fp32, NCHW) with PyTorch's SGD step on this machine's
+threads, also in the same process.
 Reported: images/s (median over steps), step time, compile time, training FLOPs per image (6 x the
 multiply-adds of Table 1's count) and MFU where the device's peak is known.
 """
@@ -44,10 +47,11 @@ def timed(fn, *args):
     return out, time.perf_counter() - start
 
 
-def ours(args):
+def ours(args, conv_impl: str):
     config = SimpleNamespace(**dict(default.fields(), model=args.model, batch_size=args.batch_size,
                                     dtype=args.dtype, scan=args.scan, remat=args.remat))
-    model = models.create_model(args.model, num_classes=args.num_classes, **train_lib.model_options(config))
+    model = models.create_model(args.model, num_classes=args.num_classes, conv_impl=conv_impl,
+                                **train_lib.model_options(config))
     mesh = train_lib.make_mesh()
     schedule = train_lib.learning_rate_schedule(config, 1000)
     tx = train_lib.make_optimizer(config, schedule)
@@ -77,6 +81,31 @@ def ours(args):
         return metrics
 
     return run, compile_seconds, flops_per_image(model, args.image_size)
+
+
+def pytorch(args):
+    """The same network and step in PyTorch (fp32): forward, cross-entropy, backward, SGD with momentum 0.9 and
+    weight decay 1e-4 (the paper's recipe)."""
+    import torch
+
+    from resnet_jax.torch_models import torch_model
+
+    version = models.MODELS[args.model].get("version", "v1")
+    net = torch_model(args.model, args.num_classes, version=version).train()
+    opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+    rng = np.random.default_rng(0)
+    images = torch.from_numpy(rng.normal(size=(args.batch_size, 3, args.image_size, args.image_size))
+                              .astype(np.float32))
+    labels = torch.from_numpy(rng.integers(0, args.num_classes, args.batch_size))
+
+    def run():
+        opt.zero_grad(set_to_none=True)
+        loss = torch.nn.functional.cross_entropy(net(images), labels)
+        loss.backward()
+        opt.step()
+        return loss.item()
+
+    return run, 0.0, float("nan")
 
 
 def reference(args):
@@ -141,10 +170,15 @@ def main() -> None:
     p.add_argument("--scan", action="store_true")
     p.add_argument("--remat", action="store_true")
     p.add_argument("--on_device_data", action="store_true", help="draw batches from a device-resident train set")
+    p.add_argument("--conv_impl", default="auto", help="comma-separated: auto, xla, im2col (one runner each)")
+    p.add_argument("--torch", action="store_true", help="also time the PyTorch twin of the network (fp32)")
     p.add_argument("--reference", help="path to flax/examples/imagenet (ResNet-50 only)")
     p.add_argument("--output")
     args = p.parse_args()
-    runners = {"ours": ours(args)}
+    impls = args.conv_impl.split(",")
+    runners = {("ours" if len(impls) == 1 else f"ours_{impl}"): ours(args, impl) for impl in impls}
+    if args.torch:
+        runners["torch"] = pytorch(args)
     if args.reference:
         runners["reference"] = reference(args)
     times = {name: [] for name in runners}
@@ -155,25 +189,30 @@ def main() -> None:
             times[name].append(timed(run)[1])
     device = jax.devices()[0]
     result = dict(model=args.model, batch_size=args.batch_size, image_size=args.image_size, dtype=args.dtype,
-                  scan=args.scan, remat=args.remat, on_device_data=args.on_device_data, **common.environment())
+                  scan=args.scan, remat=args.remat, on_device_data=args.on_device_data, conv_impl=args.conv_impl,
+                  **common.environment())
+    prefixes = {name: "" if name == "ours" else f"{name}_" for name in runners}
     for name, (_, compile_seconds, fpi) in runners.items():
-        prefix = "" if name == "ours" else "reference_"
+        prefix = prefixes[name]
         median = statistics.median(times[name])
         result.update({f"{prefix}step_seconds_median": median,
                        f"{prefix}images_per_second": args.batch_size / median,
                        f"{prefix}compile_seconds": compile_seconds})
-        if name == "ours":
+        if name.startswith("ours"):
             result["flops_per_image"] = fpi
             peak = PEAK_FLOPS.get((device.device_kind, args.dtype))
-            result["mfu"] = fpi * args.batch_size / median / (peak * jax.device_count()) if peak else None
-    if "reference_images_per_second" in result:
-        result["speedup_vs_reference"] = result["images_per_second"] / result["reference_images_per_second"]
-    print(f"{'':<10} {'images/s':>9} {'step s':>8} {'compile s':>10}")
-    for name in runners:
-        prefix = "" if name == "ours" else "reference_"
-        print(f"{name:<10} {result[prefix + 'images_per_second']:9.2f} {result[prefix + 'step_seconds_median']:8.3f} "
+            result[f"{prefix}mfu"] = fpi * args.batch_size / median / (peak * jax.device_count()) if peak else None
+    for baseline in ("reference", "torch"):
+        if baseline in runners:
+            for name in runners:
+                if name.startswith("ours"):
+                    result[f"{prefixes[name]}speedup_vs_{baseline}"] = (
+                        result[f"{prefixes[name]}images_per_second"] / result[f"{baseline}_images_per_second"])
+    print(f"{'':<14} {'images/s':>9} {'step s':>8} {'compile s':>10}")
+    for name, prefix in prefixes.items():
+        print(f"{name:<14} {result[prefix + 'images_per_second']:9.2f} {result[prefix + 'step_seconds_median']:8.3f} "
               f"{result[prefix + 'compile_seconds']:10.1f}")
-    print(f"GFLOPs/image {result['flops_per_image'] / 1e9:.2f}  MFU {result['mfu']}  device {device.device_kind}")
+    print(f"GFLOPs/image {result['flops_per_image'] / 1e9:.2f}  device {device.device_kind}")
     common.write(result, args.output)
 
 

@@ -25,6 +25,7 @@ import jax
 import numpy as np
 
 from resnet_jax import checkpoint, data, models
+from resnet_jax.class_names import imagenet_class_names, imagenet_names
 
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 TORCH_MEAN, TORCH_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # on [0, 1] inputs
@@ -149,9 +150,15 @@ def import_torch(model_name: str, input_path: str, workdir: str, class_names: Se
         raise ConversionError(f"cannot read {input_path} as a PyTorch state dict (weights_only): {e}") from e
     fc = clean_state_dict(state).get("linear.weight" if layout == "cifar" else "fc.weight")
     num_classes = fc.shape[0] if fc is not None else (10 if layout == "cifar" else 1000)
+    class_ids = None
     if class_names is None:
-        cifar10 = layout == "cifar" and num_classes == 10
-        class_names = CIFAR10_CLASSES if cifar10 else [str(i) for i in range(num_classes)]
+        if layout == "cifar" and num_classes == 10:
+            class_names = CIFAR10_CLASSES
+        elif layout == "torchvision" and num_classes == 1000:  # torchvision's ImageNet weights: the ILSVRC classes
+            class_ids = sorted(imagenet_names())
+            class_names = imagenet_class_names()
+        else:
+            class_names = [str(i) for i in range(num_classes)]
     if len(class_names) != num_classes:
         raise ConversionError(f"{len(class_names)} class names given for a {num_classes}-class classifier")
     options = dict(layout_options(layout), scan=scan)
@@ -161,6 +168,7 @@ def import_torch(model_name: str, input_path: str, workdir: str, class_names: Se
     if scan:
         variables = models.convert_layout(variables, scan=True)
     meta = dict(model=model_name, model_options=options, num_classes=num_classes, class_names=list(class_names),
+                class_ids=class_ids or list(class_names),
                 preprocessing=dict(train_preset="cifar" if layout == "cifar" else "inception",
                                    eval_preset="cifar" if layout == "cifar" else "center", image_size=image_size,
                                    mean=[255 * m for m in (mean or TORCH_MEAN)],

@@ -233,9 +233,10 @@ def train_preprocess(data, seed, preset: str, image_size: int):
     h, w = _shape(tf, data)
     if preset == "imagenet":
         # Shorter side resized to s ~ U[256, 480], then a random 224 crop: equivalently, crop a window of
-        # 224 / scale pixels of the original and resize only that (decoded fused for JPEGs).
+        # 224 / scale pixels of the original and resize only that (decoded fused for JPEGs). Other image sizes
+        # scale the range with the crop (64: s ~ U[73, 137]).
         shorter = tf.cast(tf.minimum(h, w), tf.float32)
-        scale = _uniform(tf, seeds[0], 256.0, 481.0) / shorter
+        scale = _uniform(tf, seeds[0], 256.0 * image_size / 224, 481.0 * image_size / 224) / shorter
         side = tf.minimum(tf.cast(tf.round(image_size / scale), tf.int32), tf.minimum(h, w))
         y = tf.random.stateless_uniform([], seeds[1], 0, h - side + 1, dtype=tf.int32)
         x = tf.random.stateless_uniform([], seeds[2], 0, w - side + 1, dtype=tf.int32)

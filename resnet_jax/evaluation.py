@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from resnet_jax import data
+from resnet_jax import class_names, data
 
 
 def predict_probs(model: Any, variables: Any, images: jax.Array, mean: Any, std: Any) -> jax.Array:
@@ -126,7 +126,9 @@ class Classifier:
         self.image_size = pre["image_size"]
         self.preset = pre.get("eval_preset", "center")
         self.mean, self.std = np.asarray(pre["mean"], np.float32), np.asarray(pre["std"], np.float32)
-        self.class_names = list(info.get("class_names") or range(model.num_classes))
+        # class_ids: the dataset's labels (e.g. wnids); class_names: what people read ("goldfish")
+        self.class_ids = [str(c) for c in info.get("class_ids") or info.get("class_names") or range(model.num_classes)]
+        self.class_names = class_names.readable(info.get("class_names") or self.class_ids)
         self._probs = jax.jit(lambda v, x: predict_probs(model, v, x, self.mean, self.std))
 
     @classmethod
@@ -159,8 +161,10 @@ class Classifier:
         """Class probabilities (N, classes) for uint8 NHWC images or a list of image files."""
         return np.asarray(self._probs(self.variables, self.preprocess(images)))
 
-    def top_k(self, images: Any, k: int = 5) -> tuple[list[list[str]], np.ndarray]:
-        """The k most probable class names and their probabilities, per image."""
+    def top_k(self, images: Any, k: int = 5, ids: bool = False) -> tuple[list[list[str]], np.ndarray]:
+        """The k most probable class names (or, with ``ids``, the dataset's class ids such as wnids) and their
+        probabilities, per image."""
         probs = self.predict(images)
         order = np.argsort(-probs, axis=1)[:, :k]
-        return [[self.class_names[i] for i in row] for row in order], np.take_along_axis(probs, order, axis=1)
+        labels = self.class_ids if ids else self.class_names
+        return [[labels[i] for i in row] for row in order], np.take_along_axis(probs, order, axis=1)

@@ -20,6 +20,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from resnet_jax import conv as conv_lib
+
 Array = jax.Array
 ModuleDef = Any
 
@@ -162,10 +164,12 @@ class ResNet(nn.Module):
     scan: bool = False
     remat: bool = False
     bn_axis_name: str | None = None  # a mapped axis (e.g. shard_map's) to synchronise BN statistics over
+    conv_impl: str = "auto"  # how convolutions compute (resnet_jax.conv): "auto", "xla" or "im2col"
 
     @nn.compact
     def __call__(self, x: Array, train: bool = False, features: bool = False) -> Array | tuple[Array, dict]:
-        conv = functools.partial(_conv, dtype=self.dtype, param_dtype=self.param_dtype)
+        conv = functools.partial(_conv, dtype=self.dtype, param_dtype=self.param_dtype,
+                                 conv_general_dilated=conv_lib.conv_general_dilated(self.conv_impl))
         norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=self.bn_momentum,
                                  epsilon=self.bn_epsilon, dtype=self.dtype, param_dtype=self.param_dtype,
                                  axis_name=self.bn_axis_name)
@@ -206,7 +210,7 @@ for _depth in (20, 32, 44, 56, 110, 1202):  # 6n + 2 layers
 
 # Options a user may set through create_model (architecture fields stay fixed by the name).
 OPTIONS = ("num_classes", "shortcut", "version", "zero_init_residual", "bn_momentum", "bn_epsilon",
-           "dtype", "param_dtype", "scan", "remat")
+           "dtype", "param_dtype", "scan", "remat", "conv_impl")
 
 
 def list_models() -> list[str]:
@@ -218,7 +222,8 @@ def create_model(name: str, **options: Any) -> ResNet:
     """Build a registered network, e.g. ``create_model("resnet50", num_classes=100, dtype="bfloat16")``.
 
     Options: num_classes, shortcut ("A", "B" or "C"), version ("v1" or "v1.5"), zero_init_residual,
-    bn_momentum, bn_epsilon, dtype, param_dtype, scan, remat.
+    bn_momentum, bn_epsilon, dtype, param_dtype, scan, remat, conv_impl ("auto", "xla" or "im2col": the same
+    parameters and results, different speed; see resnet_jax.conv).
     """
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; valid names: {', '.join(list_models())}")
@@ -229,6 +234,8 @@ def create_model(name: str, **options: Any) -> ResNet:
         raise ValueError(f"shortcut must be one of {SHORTCUTS}, got {options['shortcut']!r}")
     if options.get("version", "v1") not in VERSIONS:
         raise ValueError(f"version must be one of {VERSIONS}, got {options['version']!r}")
+    if options.get("conv_impl", "auto") not in conv_lib.IMPLS:
+        raise ValueError(f"conv_impl must be one of {conv_lib.IMPLS}, got {options['conv_impl']!r}")
     for key in ("dtype", "param_dtype"):
         if key in options:
             options[key] = jnp.dtype(options[key])

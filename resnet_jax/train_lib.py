@@ -25,7 +25,7 @@ import optax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from resnet_jax import checkpoint, data, evaluation, models
+from resnet_jax import checkpoint, class_names, conv, data, evaluation, models
 
 if TYPE_CHECKING:
     import ml_collections
@@ -239,6 +239,8 @@ def prepare(config: ml_collections.ConfigDict, workdir: str, mngr=None) -> Run:
         jnp.dtype(config.dtype)
     except TypeError as e:
         raise ConfigError(f"dtype {config.dtype!r} is not a dtype") from e
+    if config.get("conv_impl", "auto") not in conv.IMPLS:
+        raise ConfigError(f"conv_impl must be one of {conv.IMPLS}, got {config.conv_impl!r}")
     verify = config.get("verify_images", False)
     train_source = data.get_source(config.dataset, config.train_split, config.data_dir, verify=verify)
     eval_source = data.get_source(config.dataset, config.eval_split, config.data_dir, verify=verify)
@@ -253,7 +255,9 @@ def prepare(config: ml_collections.ConfigDict, workdir: str, mngr=None) -> Run:
                 raise ConfigError(f"on_device_data: {config.dataset}:{split} holds {images.shape[2]}x"
                                   f"{images.shape[1]} images, but image_size is {config.image_size}")
     options = model_options(config)
-    model = models.create_model(config.model, num_classes=len(train_source.class_names), **options)
+    # conv_impl changes speed, not parameters or results: it is not part of the checkpoint's model options
+    model = models.create_model(config.model, num_classes=len(train_source.class_names),
+                                conv_impl=config.get("conv_impl", "auto"), **options)
     meta = None
     latest = mngr.latest_step() if mngr is not None else None
     if latest is not None:
@@ -274,8 +278,10 @@ def prepare(config: ml_collections.ConfigDict, workdir: str, mngr=None) -> Run:
     else:
         raise ConfigError(f"normalization must be 'pixel_mean' or 'mean_std', got {config.normalization!r}")
     if meta is None:
+        root = config.dataset[len("folder:"):] if config.dataset.startswith("folder:") else None
         meta = dict(model=config.model, model_options=options, num_classes=model.num_classes,
-                    class_names=train_source.class_names,
+                    class_names=class_names.readable(train_source.class_names, root),
+                    class_ids=list(train_source.class_names),
                     preprocessing=dict(train_preset=config.train_preset, eval_preset=config.eval_preset,
                                        image_size=config.image_size, mean=np.asarray(mean).tolist(),
                                        std=np.asarray(std).tolist()),
@@ -298,9 +304,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     last logged metrics. ``on_step(step)`` is called after every step (e.g. for a study-wide progress bar)."""
     from resnet_jax import logger  # matplotlib, tqdm, tensorboardX: only the CLI path needs them
 
-    os.makedirs(workdir, exist_ok=True)
-    mngr = checkpoint.manager(workdir, keep=config.keep_checkpoints)
-    run = prepare(config, workdir, mngr)
+    # A start that fails (bad config, unprepared dataset) writes nothing: the workdir and its checkpoint
+    # directory are created only once the run has been prepared.
+    mngr = None
+    if os.path.isdir(checkpoint.checkpoint_dir(workdir)):
+        mngr = checkpoint.manager(workdir, keep=config.keep_checkpoints)
+    try:
+        run = prepare(config, workdir, mngr)
+    except Exception:
+        if mngr is not None:
+            mngr.close()
+        raise
+    if mngr is None:
+        os.makedirs(workdir, exist_ok=True)
+        mngr = checkpoint.manager(workdir, keep=config.keep_checkpoints)
     mesh = make_mesh()
     schedule = learning_rate_schedule(config, run.steps_per_epoch)
     tx = make_optimizer(config, schedule)

@@ -27,3 +27,13 @@ def cifar10_root(tmp_path_factory) -> Path:
     with tarfile.open(archive) as tar:
         tar.extractall(target, filter="data")
     return target / "cifar10"
+
+
+@pytest.fixture(scope="session")
+def tiny_imagenet_root(tmp_path_factory) -> Path:
+    """Tiny ImageNet from ../shared (200 ILSVRC classes, 64x64 photographs), extracted once per session."""
+    archive = shared_file("data/tiny-imagenet-200.tar.gz")
+    target = tmp_path_factory.mktemp("tiny-imagenet")
+    with tarfile.open(archive) as tar:
+        tar.extractall(target, filter="data")
+    return target / "tiny-imagenet-200"

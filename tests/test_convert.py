@@ -12,101 +12,12 @@ from resnet_jax import checkpoint, convert, models
 
 torch = pytest.importorskip("torch")
 nn = torch.nn
-F = torch.nn.functional
-
-
-# ------------------------------------------------------------------------- PyTorch references, from their papers
-
-
-class CifarBlock(nn.Module):
-    """The option-A basic block of the widely used PyTorch CIFAR ResNets."""
-
-    def __init__(self, cin, planes, stride):
-        super().__init__()
-        self.conv1 = nn.Conv2d(cin, planes, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.pad = stride != 1 or cin != planes
-        self.planes = planes
-
-    def forward(self, x):
-        y = self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x)))))
-        s = F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, self.planes // 4, self.planes // 4)) if self.pad else x
-        return F.relu(y + s)
-
-
-class CifarResNet(nn.Module):
-    def __init__(self, n, classes=10):
-        super().__init__()
-        self.conv1 = nn.Conv2d(3, 16, 3, 1, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(16)
-        cin, layers = 16, []
-        for planes, stride in ((16, 1), (32, 2), (64, 2)):
-            blocks = []
-            for i in range(n):
-                blocks.append(CifarBlock(cin, planes, stride if i == 0 else 1))
-                cin = planes
-            layers.append(nn.Sequential(*blocks))
-        self.layer1, self.layer2, self.layer3 = layers
-        self.linear = nn.Linear(64, classes)
-
-    def forward(self, x):
-        x = F.relu(self.bn1(self.conv1(x)))
-        x = self.layer3(self.layer2(self.layer1(x)))
-        return self.linear(x.mean(dim=(2, 3)))
-
-
-class TVBlock(nn.Module):
-    """torchvision's BasicBlock / Bottleneck (stride in the 3x3: v1.5), with a conv+BN downsample."""
-
-    def __init__(self, cin, planes, stride, bottleneck):
-        super().__init__()
-        out = planes * (4 if bottleneck else 1)
-        if bottleneck:
-            self.conv1, self.bn1 = nn.Conv2d(cin, planes, 1, bias=False), nn.BatchNorm2d(planes)
-            self.conv2, self.bn2 = nn.Conv2d(planes, planes, 3, stride, 1, bias=False), nn.BatchNorm2d(planes)
-            self.conv3, self.bn3 = nn.Conv2d(planes, out, 1, bias=False), nn.BatchNorm2d(out)
-        else:
-            self.conv1, self.bn1 = nn.Conv2d(cin, planes, 3, stride, 1, bias=False), nn.BatchNorm2d(planes)
-            self.conv2, self.bn2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False), nn.BatchNorm2d(planes)
-        self.bottleneck = bottleneck
-        self.downsample = (nn.Sequential(nn.Conv2d(cin, out, 1, stride, bias=False), nn.BatchNorm2d(out))
-                           if stride != 1 or cin != out else None)
-
-    def forward(self, x):
-        y = F.relu(self.bn1(self.conv1(x)))
-        y = self.bn2(self.conv2(y))
-        if self.bottleneck:
-            y = self.bn3(self.conv3(F.relu(y)))
-        return F.relu(y + (self.downsample(x) if self.downsample is not None else x))
-
-
-class TVResNet(nn.Module):
-    def __init__(self, sizes, bottleneck, classes=1000):
-        super().__init__()
-        self.conv1, self.bn1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64)
-        cin = 64
-        for i, (size, planes) in enumerate(zip(sizes, (64, 128, 256, 512)), 1):
-            blocks = []
-            for j in range(size):
-                blocks.append(TVBlock(cin, planes, (1 if i == 1 else 2) if j == 0 else 1, bottleneck))
-                cin = planes * (4 if bottleneck else 1)
-            setattr(self, f"layer{i}", nn.Sequential(*blocks))
-        self.fc = nn.Linear(cin, classes)
-
-    def forward(self, x):
-        x = F.max_pool2d(F.relu(self.bn1(self.conv1(x))), 3, 2, 1)
-        for i in range(1, 5):
-            x = getattr(self, f"layer{i}")(x)
-        return self.fc(x.mean(dim=(2, 3)))
+from resnet_jax.torch_models import CifarResNet, torch_model  # noqa: E402
 
 
 def reference(name):
     torch.manual_seed(0)
-    fields = models.MODELS[name]
-    net = (CifarResNet(fields["stage_sizes"][0]) if name.startswith("cifar")
-           else TVResNet(fields["stage_sizes"], fields["bottleneck"]))
+    net = torch_model(name)
     with torch.no_grad():  # non-trivial BN statistics and affine parameters
         for m in net.modules():
             if isinstance(m, nn.BatchNorm2d):

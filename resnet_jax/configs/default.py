@@ -18,6 +18,7 @@ def fields() -> dict[str, Any]:
     c.scan = False
     c.remat = False
     c.dtype = "float32"  # computation; parameters and optimizer state stay float32
+    c.conv_impl = "auto"  # "auto" (fastest per shape and pass on CPUs, XLA's elsewhere), "xla" or "im2col"
     # Data: a TFDS name or "folder:/path/to/root" (<root>/<split>/<class>/<image>).
     c.dataset = "cifar10"
     c.data_dir = None  # a placeholder for str in the ConfigDict

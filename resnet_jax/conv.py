@@ -1,0 +1,131 @@
+"""How the networks' convolutions are computed: XLA's convolution, or im2col and one matrix product.
+
+XLA:CPU's convolution is slow in two places that ResNets hit: maps smaller than the kernel's reach (a 3x3
+convolution on a 2x2 or 4x4 map runs at ~2 % of the machine's matmul speed) and gradients, whose kernel
+gradient in particular it computes as a convolution with a huge window. The same convolution written as
+im2col (the shifted, strided slices of the padded input stacked on the channel axis) followed by one matmul
+runs at the speed of the matmul. Which is faster depends on the shape and on the pass, so each convolution
+picks an implementation for its forward pass, its input gradient and its kernel gradient separately
+(a ``custom_vjp``). The parameters are the same in every case: checkpoints do not depend on the choice.
+
+``impl``: ``"xla"`` (every pass XLA's), ``"im2col"`` (every pass a matmul) or ``"auto"``: on CPUs the rules
+of :func:`cpu_plan`, measured with ``benchmarks/conv_passes.py``; elsewhere XLA's (cuDNN and the TPU
+compiler are right there).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+IMPLS = ("xla", "im2col", "auto")
+Padding = tuple[tuple[int, int], tuple[int, int]]
+
+
+class Plan(NamedTuple):
+    """The implementation of each pass of one convolution."""
+
+    forward: str
+    input_grad: str
+    kernel_grad: str
+
+
+def xla(x: jax.Array, kernel: jax.Array, stride: int, padding: Padding) -> jax.Array:
+    """XLA's convolution, NHWC input and HWIO kernel."""
+    return lax.conv_general_dilated(x, kernel, (stride, stride), padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+def im2col(x: jax.Array, kernel: jax.Array, stride: int, padding: Padding) -> jax.Array:
+    """The same convolution as one matmul over the stacked shifted views of the padded input."""
+    kh, kw, cin, cout = kernel.shape
+    if any(p for pair in padding for p in pair):
+        x = jnp.pad(x, ((0, 0), *padding, (0, 0)))
+    n, h, w, _ = x.shape
+    ho, wo = (h - kh) // stride + 1, (w - kw) // stride + 1
+    views = [lax.slice(x, (0, i, j, 0), (n, i + stride * (ho - 1) + 1, j + stride * (wo - 1) + 1, cin),
+                       (1, stride, stride, 1)) for i in range(kh) for j in range(kw)]
+    patches = views[0] if len(views) == 1 else jnp.concatenate(views, axis=-1)  # channel order: (i, j, c)
+    return lax.dot_general(patches, kernel.reshape(kh * kw * cin, cout), (((3,), (0,)), ((), ())))
+
+
+IMPLEMENTATIONS = {"xla": xla, "im2col": im2col}
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def planned_conv(x: jax.Array, kernel: jax.Array, stride: int, padding: Padding, plan: Plan) -> jax.Array:
+    """A convolution whose forward pass and two gradients each use the implementation ``plan`` names."""
+    return IMPLEMENTATIONS[plan.forward](x, kernel, stride, padding)
+
+
+def _forward(x, kernel, stride, padding, plan):
+    return planned_conv(x, kernel, stride, padding, plan), (x, kernel)
+
+
+def _backward(stride, padding, plan, residuals, g):
+    x, kernel = residuals
+    dx = jax.vjp(lambda x: IMPLEMENTATIONS[plan.input_grad](x, kernel, stride, padding), x)[1](g)[0]
+    dk = jax.vjp(lambda k: IMPLEMENTATIONS[plan.kernel_grad](x, k, stride, padding), kernel)[1](g)[0]
+    return dx, dk
+
+
+planned_conv.defvjp(_forward, _backward)
+
+
+def cpu_plan(shape: Sequence[int], kernel_shape: Sequence[int], stride: int) -> Plan:
+    """The faster implementation of each pass on XLA:CPU, by rules measured on x86-64 (AVX-512) with
+    ``benchmarks/conv_passes.py`` over every convolution of resnet18 (64 and 224 px), resnet50 (224 px) and
+    cifar_resnet20 (docs/performance.md has the tables). ``shape`` is the NHWC input, ``kernel_shape`` HWIO.
+
+    - 1x1 convolutions are matmuls: im2col in every pass (XLA's kernel gradient is 3-7x slower).
+    - A map smaller than the kernel (e.g. 3x3 on 2x2): im2col in every pass; XLA's convolution runs at ~2 % of
+      matmul speed there. The same cliff hits the input gradient when the *output* map is that small.
+    - 512 or more input channels: im2col in every pass (one long contraction).
+    - Strided 3x3: im2col for the input gradient, for the forward pass on maps up to 14x14, and for the kernel
+      gradient from 128 channels on. The 7x7 stem: im2col for its kernel gradient.
+    - Everything else (3x3 at stride 1): XLA's.
+    """
+    _, h, _, cin = shape
+    kh = kernel_shape[0]
+    ho = -(-h // stride)
+    if kh == 1 or h < kh or cin >= 512:
+        return Plan("im2col", "im2col", "im2col")
+    strided = stride > 1
+    return Plan("im2col" if strided and h <= 14 else "xla",
+                "im2col" if strided or ho < kh else "xla",
+                "im2col" if (strided and cin >= 128) or kh >= 5 else "xla")
+
+
+def plan_for(impl: str, shape: Sequence[int], kernel_shape: Sequence[int], stride: int) -> Plan | None:
+    """The plan of one convolution (None: plain XLA, no custom gradient)."""
+    if impl not in IMPLS:
+        raise ValueError(f"conv_impl must be one of {IMPLS}, got {impl!r}")
+    if impl == "auto":
+        if jax.default_backend() != "cpu":
+            return None
+        plan = cpu_plan(shape, kernel_shape, stride)
+        return None if plan == Plan("xla", "xla", "xla") else plan
+    return None if impl == "xla" else Plan(impl, impl, impl)
+
+
+def conv_general_dilated(impl: str):
+    """A drop-in for ``lax.conv_general_dilated`` as ``flax.linen.Conv`` calls it (NHWC, HWIO, square strides,
+    no dilation, one group), computing with ``impl``."""
+
+    def conv(lhs: jax.Array, rhs: jax.Array, window_strides: Sequence[int], padding: Any, lhs_dilation=None,
+             rhs_dilation=None, dimension_numbers=None, feature_group_count: int = 1, precision=None) -> jax.Array:
+        strides = tuple(window_strides)
+        plain = (strides[0] != strides[1] or isinstance(padding, str) or feature_group_count != 1
+                 or any(d != 1 for d in (*(lhs_dilation or ()), *(rhs_dilation or ()))))
+        plan = None if plain else plan_for(impl, lhs.shape, rhs.shape, strides[0])
+        if plan is None:
+            return lax.conv_general_dilated(lhs, rhs, strides, padding, lhs_dilation, rhs_dilation,
+                                            dimension_numbers, feature_group_count, precision=precision)
+        pad = tuple(tuple(int(p) for p in pair) for pair in padding)
+        return planned_conv(lhs, rhs, strides[0], pad, plan)
+
+    return conv

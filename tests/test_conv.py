@@ -1,0 +1,129 @@
+"""Convolution implementations (resnet_jax.conv): every convolution of the registry's networks, forward and both
+gradients, against XLA's; the models and a sharded training run with either implementation."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from resnet_jax import conv, data, models, train_lib
+from resnet_jax.configs import cifar10
+
+
+def registry_convolutions() -> list:
+    """(input shape, kernel shape, stride, padding) of every distinct convolution of every registered network,
+    read from the traced program (batch 2; ImageNet networks at 64 px, where stage 4 runs on 2x2 maps)."""
+    found = set()
+
+    def walk(jaxpr):
+        for eqn in jaxpr.eqns:
+            if eqn.primitive.name == "conv_general_dilated":
+                found.add((eqn.invars[0].aval.shape, eqn.invars[1].aval.shape, eqn.params["window_strides"][0],
+                           tuple(tuple(p) for p in eqn.params["padding"])))
+            for v in eqn.params.values():
+                sub = getattr(v, "jaxpr", v)
+                if hasattr(sub, "eqns"):
+                    walk(sub)
+
+    for name in models.list_models():
+        if name.endswith("1202"):
+            continue  # cifar_resnet110's shapes, more of them
+        model = models.create_model(name, conv_impl="xla")
+        size = 32 if name.startswith("cifar") else 64
+        x = jax.ShapeDtypeStruct((2, size, size, 3), jnp.float32)
+        walk(jax.make_jaxpr(model.apply)(models.abstract_variables(model, size), x).jaxpr)
+    return sorted(found)
+
+
+CONVS = registry_convolutions()
+
+
+def test_the_registry_uses_strided_1x1_3x3_and_7x7_convolutions():
+    kinds = {(k[0], s) for _, k, s, _ in CONVS}
+    assert {(1, 1), (1, 2), (3, 1), (3, 2), (7, 2)} <= kinds
+    assert any(shape[1] < k[0] for shape, k, _, _ in CONVS)  # a 3x3 convolution on a 2x2 map
+
+
+@pytest.mark.parametrize("shape,kernel,stride,padding", CONVS, ids=[f"{s}-{k}-s{t}" for s, k, t, _ in CONVS])
+def test_every_registry_convolution_matches_xla_in_every_pass(shape, kernel, stride, padding):
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=shape), jnp.float32)
+    k = jnp.asarray(rng.normal(size=kernel) / np.sqrt(np.prod(kernel[:3])), jnp.float32)
+    plans = {"im2col": conv.Plan("im2col", "im2col", "im2col"), "auto": conv.cpu_plan(shape, kernel, stride),
+             "mixed": conv.Plan("xla", "im2col", "im2col")}
+
+    @jax.jit
+    def run(x, k, g):
+        def passes(f):
+            y, vjp = jax.vjp(f, x, k)
+            return (y, *vjp(g))
+
+        out = {"xla": passes(lambda x, k: conv.xla(x, k, stride, padding))}
+        for name, plan in plans.items():
+            out[name] = passes(lambda x, k, plan=plan: conv.planned_conv(x, k, stride, padding, plan))
+        return out
+
+    out_shape = jax.eval_shape(lambda x, k: conv.xla(x, k, stride, padding), x, k).shape
+    g = jnp.asarray(rng.normal(size=out_shape), jnp.float32)
+    results = run(x, k, g)
+    for name in plans:
+        for what, got, want in zip(("forward", "input grad", "kernel grad"), results[name], results["xla"]):
+            scale = float(jnp.abs(want).max())
+            assert float(jnp.abs(got - want).max()) <= 1e-5 * max(scale, 1.0), (name, what)
+
+
+def test_auto_is_xla_off_cpu_and_planned_on_cpu(monkeypatch):
+    assert conv.plan_for("auto", (8, 2, 2, 512), (3, 3, 512, 512), 1) == conv.Plan("im2col", "im2col", "im2col")
+    assert conv.plan_for("xla", (8, 2, 2, 512), (3, 3, 512, 512), 1) is None
+    assert conv.plan_for("auto", (8, 32, 32, 16), (3, 3, 16, 16), 1) is None  # XLA's in every pass
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    assert conv.plan_for("auto", (8, 2, 2, 512), (3, 3, 512, 512), 1) is None
+    with pytest.raises(ValueError, match="conv_impl must be one of"):
+        conv.plan_for("winograd", (8, 2, 2, 512), (3, 3, 512, 512), 1)
+    with pytest.raises(ValueError, match="conv_impl must be one of"):
+        models.create_model("resnet18", conv_impl="fast")
+
+
+@pytest.mark.parametrize("name,scan,impls", [("resnet18", False, ("auto", "im2col")), ("resnet18", True, ("im2col",))])
+def test_models_agree_across_implementations(name, scan, impls):
+    x = jnp.asarray(np.random.default_rng(1).normal(size=(2, 32, 32, 3)), jnp.float32)
+    nets = {impl: models.create_model(name, conv_impl=impl, num_classes=7, scan=scan) for impl in ("xla", *impls)}
+    variables = nets["xla"].init(jax.random.key(0), x)
+    for impl in impls:  # the same parameters, whatever computes the convolutions
+        shapes = jax.eval_shape(nets[impl].init, jax.random.key(0), x)
+        assert jax.tree.map(lambda a: a.shape, shapes) == jax.tree.map(lambda a: a.shape, variables)
+
+    def loss_and_grads(model):
+        def loss(params):
+            # running statistics: batch statistics over 1x1 maps of 2 images would amplify float noise
+            logits = model.apply(dict(variables, params=params), x)
+            return jnp.sum(jax.nn.log_softmax(logits)[:, 0])
+
+        return jax.jit(jax.value_and_grad(loss))(variables["params"])
+
+    want_loss, want_grads = loss_and_grads(nets["xla"])
+    for impl in impls:
+        got_loss, got_grads = loss_and_grads(nets[impl])
+        np.testing.assert_allclose(got_loss, want_loss, rtol=1e-5)
+        for got, want in zip(jax.tree.leaves(got_grads), jax.tree.leaves(want_grads)):
+            assert float(jnp.abs(got - want).max()) <= 1e-4 * float(jnp.abs(want).max()) + 1e-6
+
+
+def test_sharded_training_gives_the_same_losses_with_either_implementation():
+    c = cifar10.get_config("cifar_resnet20")
+    mesh = train_lib.make_mesh()
+    rng = np.random.default_rng(0)
+    batches = [data.to_global({"image": rng.integers(0, 256, (8, 16, 16, 3), dtype=np.uint8),
+                               "label": rng.integers(0, 10, 8).astype(np.int32)}, mesh) for _ in range(3)]
+    losses = {}
+    for impl in ("xla", "im2col"):
+        model = models.create_model("cifar_resnet20", conv_impl=impl)
+        tx = train_lib.make_optimizer(c, lambda s: 0.1)
+        state = train_lib.create_train_state(model, tx, 16, 0, mesh)
+        step = train_lib.make_train_step(model, tx, mesh, 128.0, 64.0, 10)
+        losses[impl] = []
+        for batch in batches:
+            state, metrics = step(state, batch)
+            losses[impl].append(float(metrics["loss"]))
+    np.testing.assert_allclose(losses["im2col"], losses["xla"], rtol=1e-4)
+    assert losses["xla"][0] != losses["xla"][-1]

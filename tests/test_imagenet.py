@@ -1,0 +1,74 @@
+"""The ImageNet half: Tiny ImageNet's real photographs through train.py and evaluate.py, readable class names,
+and a failed start that writes nothing."""
+
+import os
+
+import numpy as np
+import pytest
+
+import evaluate
+from resnet_jax import checkpoint, class_names, data, train_lib
+from resnet_jax.configs import tiny_imagenet
+
+
+def test_ilsvrc_names_ship_with_the_package():
+    names = class_names.imagenet_class_names()
+    assert len(names) == 1000 and names[:2] == ["tench", "goldfish"]
+    assert class_names.readable(["n01443537", "cat", "n99999999"]) == ["goldfish", "cat", "n99999999"]
+
+
+def test_folder_classes_tsv_overrides_the_ilsvrc_table(tmp_path):
+    (tmp_path / "classes.tsv").write_text("n01443537\tmy goldfish, Carassius auratus\n")
+    assert class_names.readable(["n01443537", "n01440764"], str(tmp_path)) == ["my goldfish", "tench"]
+
+
+def test_tiny_imagenet_config_scales_the_paper_recipe():
+    c = tiny_imagenet.get_config("resnet50")
+    assert (c.model, c.image_size, c.train_preset, c.eval_preset) == ("resnet50", 64, "imagenet", "center")
+    assert (c.batch_size, c.learning_rate, c.momentum, c.weight_decay) == (256, 0.1, 0.9, 1e-4)
+    assert tuple(c.lr_boundaries_epochs) == (20, 30) and c.num_train_steps == 40 * 40_000 // 256
+
+
+def test_scale_augmentation_scales_with_the_crop(tmp_path):
+    """The imagenet preset at 64 px crops windows of 64 / U[73, 137] of the shorter side, not 224-px ones."""
+    from PIL import Image
+
+    ys, xs = np.mgrid[0:128, 0:128]
+    Image.fromarray(np.stack([ys * 2, xs * 2, np.zeros_like(ys)], -1).astype(np.uint8)).save(tmp_path / "a.png")
+    tf = data._tf()
+    raw = tf.io.read_file(str(tmp_path / "a.png"))
+    spans = []
+    for i in range(20):
+        image = data.train_preprocess(raw, tf.constant([i, 1], tf.int64), "imagenet", 64).numpy().astype(float)
+        spans.append(image[:, :, 0].max() - image[:, :, 0].min())  # rows covered, times 2
+    spans = np.array(spans) / 2
+    # window side = 128 * 64 / s, s ~ U[73, 137]: 60-112 source rows (the 224-px range would give 17-32)
+    assert spans.min() > 50 and spans.max() < 115, spans
+
+
+def test_failed_start_writes_nothing(tmp_path):
+    workdir = tmp_path / "run"
+    c = tiny_imagenet.get_config("resnet18")
+    c.dataset = f"folder:{tmp_path / 'absent'}"
+    with pytest.raises(data.DataError, match="has no split 'train'"):
+        train_lib.train_and_evaluate(c, str(workdir))
+    assert not workdir.exists()
+
+
+def test_tiny_imagenet_trains_and_predicts_in_class_names(tiny_imagenet_root, tmp_path, capsys):
+    workdir = tmp_path / "tin"
+    c = tiny_imagenet.get_config("resnet18")
+    c.update(dict(dataset=f"folder:{tiny_imagenet_root}", train_split="train[:64]", eval_split="val[:40]",
+                  batch_size=8, eval_batch_size=20, num_train_steps=2, log_every_steps=1, eval_every_steps=2,
+                  checkpoint_every_steps=2))
+    result = train_lib.train_and_evaluate(c, str(workdir))
+    assert result["step"] == 2 and np.isfinite(result["eval_top1_error"])
+    _, _, info = checkpoint.load_checkpoint(str(workdir))
+    assert info["num_classes"] == 200
+    assert info["class_ids"][0] == "n01443537" and info["class_names"][0] == "goldfish"
+    photo = sorted((tiny_imagenet_root / "val" / "n01443537").iterdir())[0]
+    assert evaluate.main([f"--workdir={workdir}", "--images", str(photo)]) == 0
+    out = capsys.readouterr().out
+    assert str(photo) in out and "(n0" in out  # names, with the wnid beside them
+    assert len([line for line in out.splitlines() if "%" in line]) == 5
+    assert os.path.isdir(checkpoint.checkpoint_dir(str(workdir)))
