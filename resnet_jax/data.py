@@ -156,11 +156,11 @@ def tfds_source(name: str, split: str, data_dir: str | None = None) -> Source:
     except Exception as e:  # DatasetNotFoundError and friends
         raise DataError(f"unknown TFDS dataset {name!r}: {e}") from e
     if not builder.is_prepared():
-        hint = (" For imagenet2012, download ILSVRC2012_img_{train,val}.tar by hand into <data_dir>/downloads/manual "
-                "and run `tfds build imagenet2012`." if name.startswith("imagenet") else "")
+        from resnet_jax import prepare
+
+        where = "" if name in prepare.MANUAL else " (on a machine with internet, or copy a prepared copy there)"
         raise DataError(f"TFDS dataset {name!r} is not prepared in {builder.data_dir!r}. Prepare it with "
-                        f"`tfds build {name} --data_dir=DIR` on a machine with internet (or copy a prepared "
-                        f"copy there) and pass that data_dir.{hint}")
+                        f"`{prepare.command(name)}`{where} and pass --config.data_dir=DATA_DIR")
     try:
         num_examples = builder.info.splits[split].num_examples
     except Exception as e:

@@ -87,7 +87,7 @@ def test_folder_errors_name_the_problem(tmp_path):
 
 
 def test_unprepared_tfds_dataset_says_what_to_do(tmp_path):
-    with pytest.raises(data.DataError, match=r"not prepared.*tfds build cifar10"):
+    with pytest.raises(data.DataError, match=r"not prepared.*python -m resnet_jax.prepare cifar10 --data_dir="):
         data.get_source("cifar10", "train", data_dir=str(tmp_path))
     with pytest.raises(data.DataError, match="manual"):
         data.get_source("imagenet2012", "train", data_dir=str(tmp_path))
