@@ -28,15 +28,24 @@ def parse(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def classify(clf, files) -> None:
+def classify(clf, files) -> list[str]:
+    """Print the top-5 classes of each readable file; returns the errors of those that could not be read."""
     import numpy as np
 
-    probs = clf.predict(files)
-    for path, p in zip(files, probs):
+    from resnet_jax import data
+
+    errors = []
+    for path in files:
+        try:
+            p = clf.predict([path])[0]
+        except data.DataError as e:
+            errors.append(str(e))
+            continue
         print(path)
         for i in np.argsort(-p)[:5]:  # the name, and the dataset's id (e.g. the wnid) where it differs
             name, class_id = clf.class_names[i], clf.class_ids[i]
             print(f"  {p[i]:7.2%}  {name}" + (f"  ({class_id})" if class_id != name else ""))
+    return errors
 
 
 def main(argv=None) -> int:
@@ -52,10 +61,9 @@ def main(argv=None) -> int:
         sys.exit(f"error: {e}")
     clf = evaluation.Classifier(model, variables, info)
     if args.images:
-        try:
-            classify(clf, args.images)
-        except data.DataError as e:
-            sys.exit(f"error: {e}")
+        errors = classify(clf, args.images)
+        if errors:
+            sys.exit("\n".join(f"error: {e}" for e in errors))
         return 0
     pre, ds = info["preprocessing"], info.get("dataset", {})
     dataset = args.dataset or ds.get("dataset")
@@ -78,7 +86,8 @@ def main(argv=None) -> int:
     results = []
     for mode in modes:
         total = min(args.limit, source.num_examples) if mode == "multiscale" and args.limit else source.num_examples
-        bar = tqdm(total=total, desc=VIEWS[mode], unit="img", disable=jax.process_index() != 0)
+        view = f"whole image ({pre['image_size']}x{pre['image_size']})" if cifar else VIEWS[mode]
+        bar = tqdm(total=total, desc=view, unit="img", disable=jax.process_index() != 0)
         if mode == "multiscale":
             result = evaluation.evaluate_multiscale(model, variables, source, clf.mean, clf.std, limit=args.limit,
                                                     progress=bar)
@@ -88,12 +97,12 @@ def main(argv=None) -> int:
             batches = data.eval_batches(source, args.batch_size, preset, pre["image_size"], pre.get("resize_size"))
             result = evaluation.evaluate(step_fn, replicated, batches, mesh, progress=bar)
         bar.close()
-        results.append(dict(result, crops=mode, model=info["model"], step=info["step"], dataset=dataset,
+        results.append(dict(result, crops=mode, view=view, model=info["model"], step=info["step"], dataset=dataset,
                             split=split))
     if jax.process_index() == 0:
         print(f"\n{'model':<18} {'step':>7} {'views':<30} {'examples':>9} {'top-1 err':>10} {'top-5 err':>10}")
         for r in results:
-            print(f"{r['model']:<18} {r['step']:>7} {VIEWS[r['crops']]:<30} {r['num_examples']:>9} "
+            print(f"{r['model']:<18} {r['step']:>7} {r['view']:<30} {r['num_examples']:>9} "
                   f"{r['top1_error']:>9.2f}% {r['top5_error']:>9.2f}%")
         if args.output:
             with open(args.output, "w") as f:

@@ -8,6 +8,7 @@ jax.distributed initialises itself (pass --multihost); on GPU clusters pass --co
 --num_processes and --process_id on every host.
 """
 
+import ast
 import logging
 import sys
 
@@ -44,10 +45,27 @@ def main(argv):
         sys.exit(f"error: {e}")
     except train_lib.Preempted as e:
         print(e)
-        return
+        sys.exit(e.exit_code)
     if jax.process_index() == 0:
         print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()))
 
 
+def parse_flags(argv):
+    """absl's flag parsing, with a mistyped field or a bad value reported in one line instead of a traceback."""
+    try:
+        return FLAGS(argv)
+    except (AttributeError, KeyError) as e:  # ml_collections: an override of a field the config lacks
+        sys.exit(f"error: unknown config field: {one_line(e)}")
+    except Exception as e:  # flags.Error, a value of the wrong type, a config file that does not load
+        sys.exit(f"error: {one_line(e)}")
+
+
+def one_line(error: Exception) -> str:
+    text = str(error)
+    while len(text) > 1 and text[0] == text[-1] and text[0] in "'\"":  # KeyError wrapped in AttributeError
+        text = ast.literal_eval(text) if text[0] in "'\"" else text
+    return " ".join(text.split())
+
+
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

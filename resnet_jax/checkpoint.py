@@ -76,6 +76,9 @@ def resolve_step(mngr: ocp.CheckpointManager, step: int | str, workdir: str) -> 
     if step == "best":
         best = best_step(mngr)
         return max(steps) if best is None else best
+    if not str(step).isdigit():
+        raise CheckpointError(f"step must be 'latest', 'best' or a number, got {step!r}; saved steps: "
+                              f"{sorted(steps)}")
     if int(step) not in steps:
         raise CheckpointError(f"step {step} is not in {checkpoint_dir(workdir)}; saved steps: {sorted(steps)}")
     return int(step)

@@ -147,7 +147,13 @@ def import_torch(model_name: str, input_path: str, workdir: str, class_names: Se
     try:
         state = torch.load(input_path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise ConversionError(f"cannot read {input_path} as a PyTorch state dict (weights_only): {e}") from e
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()] or [type(e).__name__]
+        detail = next((lines[i + 1] for i, line in enumerate(lines[:-1]) if line.endswith("WeightsUnpickler error:")),
+                      lines[0])  # torch's own reason, without its advice to turn the safety off
+        raise ConversionError(f"cannot read {input_path} as a PyTorch state dict (loaded with weights_only=True, "
+                              f"which runs no pickled code): {detail}") from e
+    if not isinstance(state, dict) or not all(isinstance(k, str) for k in state):
+        raise ConversionError(f"{input_path} holds a {type(state).__name__}, not a PyTorch state dict")
     fc = clean_state_dict(state).get("linear.weight" if layout == "cifar" else "fc.weight")
     num_classes = fc.shape[0] if fc is not None else (10 if layout == "cifar" else 1000)
     class_ids = None

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from collections.abc import Sequence
 
 
@@ -67,7 +68,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--output", default="curves.png")
     parser.add_argument("--title")
     args = parser.parse_args(argv)
-    print(plot_runs(args.runs, args.output, args.title))
+    try:
+        print(plot_runs(args.runs, args.output, args.title))
+    except FileNotFoundError as e:
+        sys.exit(f"error: {e}")
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ setting), or over the global batch with ``sync_batch_stats``; gradients and runn
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 import itertools
@@ -212,6 +213,8 @@ class Run:
     arrays: dict[str, tuple[np.ndarray, np.ndarray]] | None = None  # on_device_data: "train"/"eval" splits, decoded
 
 
+POSITIVE = ("batch_size", "eval_batch_size", "num_train_steps", "eval_every_steps", "checkpoint_every_steps",
+            "log_every_steps", "keep_checkpoints")
 REQUIRED = ("model", "dataset", "batch_size", "num_train_steps", "eval_every_steps", "checkpoint_every_steps",
             "log_every_steps", "seed", "dtype")
 
@@ -222,6 +225,10 @@ def prepare(config: ml_collections.ConfigDict, workdir: str, mngr=None) -> Run:
     missing = [k for k in REQUIRED if k not in config]
     if missing:
         raise ConfigError(f"config lacks field(s) {missing}")
+    for key in POSITIVE:
+        value = config.get(key, 1)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ConfigError(f"{key} must be a positive integer, got {value!r}")
     if config.model not in models.MODELS:
         raise ConfigError(f"unknown model {config.model!r}; valid names: {', '.join(models.list_models())}")
     if config.batch_size % jax.device_count():
@@ -267,6 +274,11 @@ def prepare(config: ml_collections.ConfigDict, workdir: str, mngr=None) -> Run:
             if meta.get(key) != want:
                 raise ConfigError(f"{workdir} holds a run with {key}={meta.get(key)!r}, but the config asks for "
                                   f"{want!r}; use another --workdir")
+        saved_batch = meta.get("data_position", {}).get("batch_size")
+        if saved_batch not in (None, config.batch_size):
+            log.warning("resuming step %d of a run trained with batch_size %d at batch_size %d: the data order and "
+                        "epoch-based schedule boundaries change from here on", latest, saved_batch,
+                        config.batch_size)
         mean, std = np.asarray(meta["preprocessing"]["mean"]), np.asarray(meta["preprocessing"]["std"])
     elif config.normalization == "pixel_mean":  # Sec. 4.2: subtract the per-pixel mean of the training images
         log.info("computing the per-pixel mean of %s:%s", config.dataset, config.train_split)
@@ -295,7 +307,16 @@ def prepare(config: ml_collections.ConfigDict, workdir: str, mngr=None) -> Run:
 
 
 class Preempted(Exception):
-    pass
+    """Training stopped on SIGTERM or SIGINT after saving; ``exit_code`` is 128 + the signal number (143 for
+    SIGTERM, 130 for Ctrl-C), so schedulers can tell a preempted run from a finished one (0)."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.exit_code = 128 + signum
+
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+MAX_STEPS_IN_FLIGHT = 2  # dispatched but not finished: enough to keep an accelerator busy, and a prompt stop
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
@@ -338,7 +359,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     batches = itertools.repeat(dataset.arrays) if dataset is not None else train_iterator(run, start, mesh)
 
     stop = {"signal": None}
-    previous = signal.signal(signal.SIGTERM, lambda signum, _: stop.update(signal=signum))
+    previous = {sig: signal.signal(sig, lambda signum, _: stop.update(signal=signum)) for sig in STOP_SIGNALS}
     out = logger.RunLogger(workdir, config.num_train_steps, start, config.batch_size, run.steps_per_epoch)
     pending: list[tuple[int, dict]] = []
 
@@ -353,8 +374,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
             pending.clear()
         for s, m in zip(steps, fetched):
             if not np.isfinite(m["loss"]):
-                raise FloatingPointError(f"non-finite loss {m['loss']} at step {s}; stopping. The last good checkpoint "
-                                         f"is step {mngr.latest_step()} in {checkpoint.checkpoint_dir(workdir)}")
+                good = mngr.latest_step()
+                where = (f"The last good checkpoint is step {good} in {checkpoint.checkpoint_dir(workdir)}"
+                         if good is not None else "No checkpoint had been saved yet")
+                raise FloatingPointError(f"non-finite loss {m['loss']} at step {s}; stopping. {where}")
         count = sum(float(m["count"]) for m in fetched)
         return {"train_loss": float(np.mean([m["loss"] for m in fetched])),
                 "train_error": 100.0 * sum(float(m["errors"]) for m in fetched) / count,
@@ -370,12 +393,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
     last: dict = {}
     step = start
+    in_flight: collections.deque = collections.deque()
     try:
         while step < config.num_train_steps:
             state, metrics = train_step(state, next(batches))
             step += 1
             pending.append((step, metrics))
-            out.tick(step)
+            in_flight.append(metrics["loss"])
+            while len(in_flight) > MAX_STEPS_IN_FLIGHT:  # the host waits for the device: honest rates, prompt stops
+                in_flight.popleft().block_until_ready()
+            out.tick(step - len(in_flight))
             if on_step is not None:
                 on_step(step)
             done = step == config.num_train_steps
@@ -396,9 +423,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                 save(step, eval_metrics)
             if stop["signal"]:
                 mngr.wait_until_finished()
-                raise Preempted(f"received signal {stop['signal']}: saved step {step}, exiting")
+                name = signal.Signals(stop["signal"]).name
+                raise Preempted(f"received {name}: saved step {step}, exiting", stop["signal"])
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         mngr.wait_until_finished()
         mngr.close()
         out.close()

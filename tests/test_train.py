@@ -208,16 +208,38 @@ def test_kill_9_and_resume_is_bitwise_identical(tiny, tmp_path, reference_run):
     jax.tree.map(np.testing.assert_array_equal, final_params(workdir), reference_run)
 
 
-def test_sigterm_saves_and_exits_cleanly(tiny, tmp_path):
+@pytest.mark.parametrize("sig,code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_sigterm_and_ctrl_c_save_and_exit_with_a_distinct_code(tiny, tmp_path, sig, code):
     workdir = tmp_path / "preempted"
     cmd, env = cli(workdir, tiny, 100_000, "--config.checkpoint_every_steps=4", "--config.eval_every_steps=100000")
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     wait_for_checkpoint(workdir, proc)
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(sig)
     out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 0, err[-2000:]
-    saved = int(out.split("saved step ")[1].split(",")[0])
+    assert proc.returncode == code, err[-2000:]
+    assert "Traceback" not in err
+    line = out.strip().splitlines()[-1]
+    assert line.startswith(f"received {sig.name}: saved step ") and line.endswith(", exiting")
+    saved = int(line.split("saved step ")[1].split(",")[0])
     assert checkpoint.manager(str(workdir)).latest_step() == saved
+
+
+def test_a_stop_signal_saves_the_step_it_arrived_in(tiny, tmp_path):
+    """The host runs at most MAX_STEPS_IN_FLIGHT steps ahead of the device, and the step during which the
+    signal arrives is the one saved: the save cannot lag the signal by more than that."""
+    sent = {}
+
+    def on_step(step):
+        if step == 5:
+            sent["step"] = step
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    with pytest.raises(train_lib.Preempted, match="received SIGTERM: saved step 5, exiting") as e:
+        train_lib.train_and_evaluate(tiny_config(tiny, num_train_steps=50, checkpoint_every_steps=100,
+                                                 eval_every_steps=100), str(tmp_path / "run"), on_step=on_step)
+    assert e.value.exit_code == 143 and sent == {"step": 5}
+    assert checkpoint.manager(str(tmp_path / "run")).all_steps() == [5]
+    assert train_lib.MAX_STEPS_IN_FLIGHT <= 2
 
 
 def free_port():

@@ -1,0 +1,106 @@
+"""What a user sees when something is wrong: one line naming the problem, a non-zero exit, nothing lost or
+half-written. Each case drives the command line the way a user would (docs/faults.md lists them)."""
+
+import logging
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import evaluate
+from resnet_jax import checkpoint, convert, plot, train_lib
+from tests.test_evaluate import save_run
+from tests.test_train import ROOT, make_folder, tiny_config
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return make_folder(tmp_path_factory.mktemp("tiny"))
+
+
+def train_cli(workdir, *flags):
+    cmd = [sys.executable, str(ROOT / "train.py"), f"--config={ROOT}/resnet_jax/configs/cifar10.py:cifar_resnet20",
+           f"--workdir={workdir}", *flags]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize("flag,message", [
+    ("--config.learnng_rate=0.1",
+     'error: unknown config field: \'learnng_rate\' Did you mean "learning_rate" instead of "learnng_rate"?'),
+    ("--config.batch_size=abc", "error: flag --config.batch_size=abc: invalid literal for int() with base 10: 'abc'"),
+    ("--config.eval_every_steps=0", "error: eval_every_steps must be a positive integer, got 0"),
+    ("--config.num_train_steps=-5", "error: num_train_steps must be a positive integer, got -5"),
+])
+def test_bad_flags_get_one_line_and_write_nothing(tmp_path, flag, message):
+    result = train_cli(tmp_path / "run", flag)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == message and "Traceback" not in result.stderr
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("field", ["batch_size", "eval_batch_size", "checkpoint_every_steps", "log_every_steps"])
+def test_zero_sizes_and_intervals_fail_before_compiling(tiny, tmp_path, field):
+    with pytest.raises(train_lib.ConfigError, match=f"{field} must be a positive integer, got 0"):
+        train_lib.prepare(tiny_config(tiny, **{field: 0}), str(tmp_path))
+
+
+def test_nan_before_any_checkpoint_says_so(tiny, tmp_path):
+    c = tiny_config(tiny, num_train_steps=6, learning_rate=1e12, checkpoint_every_steps=100, log_every_steps=6,
+                    eval_every_steps=100)
+    with pytest.raises(FloatingPointError, match="No checkpoint had been saved yet"):
+        train_lib.train_and_evaluate(c, str(tmp_path / "nan"))
+
+
+def test_resuming_with_another_batch_size_warns(tiny, tmp_path, caplog):
+    workdir = str(tmp_path / "run")
+    train_lib.train_and_evaluate(tiny_config(tiny, num_train_steps=3), workdir)
+    with caplog.at_level(logging.WARNING, logger="resnet_jax"):
+        train_lib.prepare(tiny_config(tiny, batch_size=4), workdir, checkpoint.manager(workdir))
+    assert "trained with batch_size 8 at batch_size 4" in caplog.text
+
+
+def test_evaluate_step_that_is_not_a_number(tmp_path):
+    save_run(tmp_path, name="cifar_resnet20", image_size=32, eval_preset="cifar")
+    with pytest.raises(SystemExit, match=r"^error: step must be 'latest', 'best' or a number, got 'abc'; saved "
+                                         r"steps: \[7\]$"):
+        evaluate.main([f"--workdir={tmp_path}", "--step=abc"])
+
+
+def test_images_prints_the_good_files_then_names_the_bad_one(tmp_path, capsys):
+    from PIL import Image
+
+    save_run(tmp_path / "run", name="cifar_resnet20", image_size=32, eval_preset="cifar")
+    good = tmp_path / "good.png"
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(good)
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"\xff\xd8\xff\xe0 not really")
+    with pytest.raises(SystemExit, match=r"^error: cannot read image .*bad\.jpg"):
+        evaluate.main([f"--workdir={tmp_path / 'run'}", "--images", str(bad), str(good)])
+    out = capsys.readouterr().out
+    assert str(good) in out and out.count("%") == 3 and str(bad) not in out
+
+
+def test_whole_image_evaluation_is_not_called_a_center_crop(tmp_path, capsys):
+    from tests.test_evaluate import write_images
+
+    root = write_images(tmp_path / "images", size=(32, 32))
+    save_run(tmp_path / "run", name="cifar_resnet20", image_size=32, eval_preset="cifar", dataset=f"folder:{root}")
+    evaluate.main([f"--workdir={tmp_path / 'run'}"])
+    out = capsys.readouterr().out
+    assert "whole image (32x32)" in out and "center crop" not in out
+
+
+def test_plot_of_a_missing_run(tmp_path):
+    with pytest.raises(SystemExit, match=r"^error: .*metrics\.jsonl does not exist: is .* a training workdir\?$"):
+        plot.main([str(tmp_path / "nothing")])
+
+
+def test_converting_a_garbage_file(tmp_path):
+    garbage = tmp_path / "weights.pt"
+    garbage.write_bytes(np.random.default_rng(0).bytes(3000))
+    pytest.importorskip("torch")
+    with pytest.raises(SystemExit, match=r"^error: cannot read .*weights\.pt as a PyTorch state dict \(loaded with "
+                                         r"weights_only=True, which runs no pickled code\): [^\n]+$"):
+        convert.main(["--from=torch", "--model=cifar_resnet20", f"--input={garbage}", f"--workdir={tmp_path / 'o'}"])
+    assert not (tmp_path / "o").exists()
