@@ -104,3 +104,16 @@ def test_converting_a_garbage_file(tmp_path):
                                          r"weights_only=True, which runs no pickled code\): [^\n]+$"):
         convert.main(["--from=torch", "--model=cifar_resnet20", f"--input={garbage}", f"--workdir={tmp_path / 'o'}"])
     assert not (tmp_path / "o").exists()
+
+
+def test_doctor_reports_versions_and_refuses_mismatches(capsys):
+    from resnet_jax import doctor
+
+    assert doctor.main([]) == 0
+    out = capsys.readouterr().out
+    assert "jaxlib" in out and "backend cpu" in out
+    assert doctor.main(["--expect=gpu"]) == 1
+    assert "error: expected a gpu backend, JAX found cpu" in capsys.readouterr().err
+    problems = doctor.plugin_problems({"jaxlib": "0.10.1", "jax-cuda12-plugin": "0.10.2", "jax-cuda12-pjrt": "0.10.1"})
+    assert problems == ["jax-cuda12-plugin 0.10.2 does not match jaxlib 0.10.1: JAX will ignore it and run on the "
+                        "CPU. Reinstall with one pinned step, e.g. pip install -r requirements-cuda12.txt"]
