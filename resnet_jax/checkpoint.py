@@ -11,6 +11,7 @@ becomes the latest step.
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any
 
@@ -21,6 +22,7 @@ import orbax.checkpoint as ocp
 from resnet_jax import models
 
 FORMAT = 1
+log = logging.getLogger(__name__)
 
 
 class CheckpointError(ValueError):
@@ -84,11 +86,58 @@ def resolve_step(mngr: ocp.CheckpointManager, step: int | str, workdir: str) -> 
     return int(step)
 
 
+def first_line(error: BaseException, limit: int = 300) -> str:
+    """The first line of an error (TensorStore's run to dozens of lines of spec)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return (lines[0] if lines else type(error).__name__)[:limit]
+
+
 def read_meta(mngr: ocp.CheckpointManager, step: int) -> dict:
     try:
         return mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
     except Exception as e:
-        raise CheckpointError(f"cannot read the description (meta) of step {step} in {mngr.directory}: {e}") from e
+        raise CheckpointError(f"checkpoint step {step} in {mngr.directory} is damaged: its description (meta) "
+                              f"cannot be read: {first_line(e)}") from e
+
+
+def verify_step(mngr: ocp.CheckpointManager, step: int) -> None:
+    """Read one step completely (its description and every array); CheckpointError naming it if damaged."""
+    try:
+        saved = mngr.item_metadata(step)
+        items = {name: ocp.args.StandardRestore() for name in ("variables", "train") if saved.get(name) is not None}
+        if "variables" not in items:
+            raise ValueError("it holds no variables")
+        mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore(), **items))
+    except Exception as e:
+        raise CheckpointError(f"checkpoint step {step} in {mngr.directory} is damaged: {first_line(e)}") from e
+
+
+def newest_good_step(mngr: ocp.CheckpointManager) -> int | None:
+    """The newest step that reads completely. Newer damaged steps (a truncated, deleted or zeroed file) are moved
+    aside to ``checkpoints/damaged-<step>`` with a warning naming each, so that training resumes from the good
+    step and can save those steps again; the damaged files are kept for inspection."""
+    damaged = []
+    for step in sorted(mngr.all_steps(), reverse=True):
+        try:
+            verify_step(mngr, step)
+        except CheckpointError as e:
+            damaged.append((step, e))
+            continue
+        break
+    else:
+        if damaged:  # nothing to fall back on: refuse rather than silently start afresh
+            raise CheckpointError(f"every saved step in {mngr.directory} is damaged ({damaged[0][1]}); move that "
+                                  f"directory away to train from scratch")
+        return None
+    for bad, error in damaged:
+        aside = os.path.join(str(mngr.directory), f"damaged-{bad}")
+        if jax.process_index() == 0:
+            os.replace(os.path.join(str(mngr.directory), str(bad)), aside)
+        log.warning("%s; resuming from step %d, the newest good one (the damaged files are kept in %s)", error,
+                    step, aside)
+    if damaged:
+        mngr.reload()
+    return step
 
 
 def model_from_meta(meta: dict, **overrides: Any) -> models.ResNet:
@@ -120,7 +169,7 @@ def restore(mngr: ocp.CheckpointManager, step: int, variables: Any, train: Any =
         saved = mngr.item_metadata(step)
         saved_vars = saved["variables"]
     except Exception as e:
-        raise CheckpointError(f"checkpoint step {step} in {mngr.directory} is unreadable: {e}") from e
+        raise CheckpointError(f"checkpoint step {step} in {mngr.directory} is damaged: {first_line(e)}") from e
     if saved_vars is None:
         raise CheckpointError(f"checkpoint step {step} in {mngr.directory} has no variables")
     check_shapes(variables, saved_vars.tree if hasattr(saved_vars, "tree") else saved_vars, step)
@@ -130,7 +179,7 @@ def restore(mngr: ocp.CheckpointManager, step: int, variables: Any, train: Any =
     try:
         return mngr.restore(step, args=ocp.args.Composite(**items))
     except Exception as e:
-        raise CheckpointError(f"cannot restore checkpoint step {step} from {mngr.directory}: {e}") from e
+        raise CheckpointError(f"checkpoint step {step} in {mngr.directory} is damaged: {first_line(e)}") from e
 
 
 def load_checkpoint(workdir: str, step: int | str = "latest") -> tuple[models.ResNet, dict, dict]:
@@ -141,10 +190,16 @@ def load_checkpoint(workdir: str, step: int | str = "latest") -> tuple[models.Re
     mngr = manager(workdir, create=False, async_save=False)
     try:
         step = resolve_step(mngr, step, workdir)
-        meta = read_meta(mngr, step)
-        model = model_from_meta(meta)
-        size = meta["preprocessing"]["image_size"]
-        variables = restore(mngr, step, models.abstract_variables(model, size))["variables"]
+        try:
+            meta = read_meta(mngr, step)
+            model = model_from_meta(meta)
+            size = meta["preprocessing"]["image_size"]
+            variables = restore(mngr, step, models.abstract_variables(model, size))["variables"]
+        except CheckpointError as e:
+            others = sorted(s for s in mngr.all_steps() if s != step)
+            advice = (f"; other saved steps: {others}, e.g. --step={others[-1]}" if others
+                      else "; no other step is saved")
+            raise CheckpointError(f"{e}{advice}") from e
     finally:
         mngr.close()
     return model, jax.tree.map(np.asarray, variables), dict(meta, step=step)

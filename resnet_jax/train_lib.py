@@ -330,6 +330,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     mngr = None
     if os.path.isdir(checkpoint.checkpoint_dir(workdir)):
         mngr = checkpoint.manager(workdir, keep=config.keep_checkpoints)
+        checkpoint.newest_good_step(mngr)  # damaged newer steps are set aside, with a warning
     try:
         run = prepare(config, workdir, mngr)
     except Exception:

@@ -2,6 +2,7 @@
 half-written. Each case drives the command line the way a user would (docs/faults.md lists them)."""
 
 import logging
+import shutil
 import subprocess
 import sys
 
@@ -117,3 +118,51 @@ def test_doctor_reports_versions_and_refuses_mismatches(capsys):
     problems = doctor.plugin_problems({"jaxlib": "0.10.1", "jax-cuda12-plugin": "0.10.2", "jax-cuda12-pjrt": "0.10.1"})
     assert problems == ["jax-cuda12-plugin 0.10.2 does not match jaxlib 0.10.1: JAX will ignore it and run on the "
                         "CPU. Reinstall with one pinned step, e.g. pip install -r requirements-cuda12.txt"]
+
+
+def damage(workdir, step, how):
+    """Truncate, delete or zero the largest array file of a saved step."""
+    files = [p for p in (workdir / "checkpoints" / str(step) / "variables").rglob("*") if p.is_file()]
+    target = max(files, key=lambda p: p.stat().st_size)
+    if how == "truncated":
+        target.write_bytes(target.read_bytes()[: target.stat().st_size // 2])
+    elif how == "deleted":
+        target.unlink()
+    else:
+        target.write_bytes(bytes(target.stat().st_size))
+
+
+@pytest.fixture(scope="module")
+def trained(tiny, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("trained") / "run"
+    train_lib.train_and_evaluate(tiny_config(tiny, num_train_steps=6), str(workdir))  # steps 3 and 6
+    return workdir
+
+
+@pytest.mark.parametrize("how", ["truncated", "deleted", "zeroed"])
+def test_a_damaged_latest_checkpoint_is_named_with_the_good_steps(trained, tmp_path, caplog, how):
+    workdir = tmp_path / "run"
+    shutil.copytree(trained, workdir)
+    damage(workdir, 6, how)
+    with pytest.raises(SystemExit) as e:  # evaluate.py: one line, the damaged step and the good ones
+        evaluate.main([f"--workdir={workdir}"])
+    message = str(e.value.code)
+    assert message.startswith("error: checkpoint step 6 in ") and "is damaged" in message
+    assert message.endswith("other saved steps: [3], e.g. --step=3") and "\n" not in message
+    with caplog.at_level(logging.WARNING, logger="resnet_jax"):  # what training does before resuming
+        assert checkpoint.newest_good_step(checkpoint.manager(str(workdir))) == 3
+    assert "checkpoint step 6" in caplog.text and "resuming from step 3, the newest good one" in caplog.text
+    assert (workdir / "checkpoints" / "damaged-6").is_dir() and not (workdir / "checkpoints" / "6").exists()
+
+
+def test_training_resumes_from_the_newest_good_step_and_refuses_when_none_is_left(trained, tiny, tmp_path):
+    workdir = tmp_path / "run"
+    shutil.copytree(trained, workdir)
+    damage(workdir, 6, "truncated")
+    result = train_lib.train_and_evaluate(tiny_config(tiny, num_train_steps=6), str(workdir))
+    assert result["step"] == 6 and checkpoint.load_checkpoint(str(workdir))[2]["step"] == 6
+    damage(workdir, 6, "zeroed")
+    damage(workdir, 3, "deleted")
+    with pytest.raises(checkpoint.CheckpointError, match=r"every saved step in .* is damaged .*move that directory "
+                                                          r"away to train from scratch"):
+        train_lib.train_and_evaluate(tiny_config(tiny, num_train_steps=6), str(workdir))
