@@ -88,18 +88,28 @@ class Source:
         return ds
 
 
-def _is_image(path: str, decode: bool = False) -> bool:
-    """By the file's leading bytes, or (``decode``) by decoding it fully with PIL (finds truncated files)."""
+def image_problem(path: str, decode: bool = False) -> str | None:
+    """What is wrong with an image file (None: nothing found): by its leading bytes, or (``decode``) by decoding
+    it fully with PIL, which also finds truncated and corrupt files."""
     with open(path, "rb") as f:
         head = f.read(8)
     if not head.startswith((b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM")):
-        return False
+        return "not an image file"
     if decode:
         try:
             _read_rgb(path)
-        except DataError:
-            return False
-    return True
+        except DataError as e:
+            return "truncated" if "truncated" in str(e).lower() else f"corrupt ({str(e).split(': ', 1)[-1]})"
+    return None
+
+
+def unreadable_files(paths: Sequence[str]) -> list[tuple[str, str]]:
+    """(path, problem) of the files among ``paths`` that do not decode (each decoded fully, in threads)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(min(16, os.cpu_count() or 1)) as pool:
+        problems = list(pool.map(lambda p: image_problem(p, decode=True), paths))
+    return [(p, problem) for p, problem in zip(paths, problems) if problem]
 
 
 def folder_source(root: str, split: str, on_bad_file: str = "warn", verify: bool = False) -> Source:
@@ -131,18 +141,21 @@ def folder_source(root: str, split: str, on_bad_file: str = "warn", verify: bool
     paths, labels, bad = [], [], []
     for label, name in enumerate(classes):
         files = sorted(e.path for e in os.scandir(os.path.join(directory, name)) if e.is_file())
-        good = [p for p in files if p.lower().endswith(IMAGE_EXTENSIONS) and _is_image(p, verify)]
-        bad += sorted(set(files) - set(good))
+        problems = {p: image_problem(p, verify) if p.lower().endswith(IMAGE_EXTENSIONS) else "not an image file"
+                    for p in files}
+        good = [p for p in files if problems[p] is None]
+        bad += [(p, problems[p]) for p in files if problems[p]]
         if not good:
             raise DataError(f"class folder {os.path.join(directory, name)} holds no images")
         paths += good
         labels += [label] * len(good)
     if bad:
         if on_bad_file == "raise":
-            raise DataError(f"{len(bad)} file(s) in {directory} are not images, e.g. {bad[0]}")
-        for path in bad:
-            log.warning("skipping %s: not an image file", path)
-        log.warning("skipped %d non-image file(s) in %s", len(bad), directory)
+            raise DataError(f"{len(bad)} file(s) in {directory} are not readable images, e.g. {bad[0][0]} "
+                            f"({bad[0][1]})")
+        for path, problem in bad:
+            log.warning("skipping %s: %s", path, problem)
+        log.warning("skipped %d unreadable file(s) in %s", len(bad), directory)
     return Source(f"folder:{root}", split, len(paths), classes, paths=np.array(paths),
                   labels=np.array(labels, np.int32))
 

@@ -397,7 +397,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     in_flight: collections.deque = collections.deque()
     try:
         while step < config.num_train_steps:
-            state, metrics = train_step(state, next(batches))
+            try:
+                batch = next(batches)
+            except Exception as e:  # an image the pipeline cannot decode: keep the trained steps, then name it
+                raise data_failure(run, run.train_source, e, step, save, mngr, train_batch=True) from e
+            state, metrics = train_step(state, batch)
             step += 1
             pending.append((step, metrics))
             in_flight.append(metrics["loss"])
@@ -415,7 +419,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                 eval_data = (data.array_batches(*run.arrays["eval"], config.eval_batch_size) if run.arrays else
                              data.eval_batches(run.eval_source, config.eval_batch_size, config.eval_preset,
                                                config.image_size))
-                result = evaluation.evaluate(eval_step, state.variables, eval_data, mesh)
+                try:
+                    result = evaluation.evaluate(eval_step, state.variables, eval_data, mesh)
+                except Exception as e:
+                    raise data_failure(run, run.eval_source, e, step, save, mngr) from e
                 eval_metrics = {"eval_top1_error": result["top1_error"], "eval_top5_error": result["top5_error"],
                                 "eval_loss": result["loss"]}
                 last.update(eval_metrics)
@@ -433,6 +440,40 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         mngr.close()
         out.close()
     return dict(last, step=step)
+
+
+def data_failure(run: Run, source: data.Source, error: Exception, step: int, save: Callable, mngr: Any,
+                 train_batch: bool = False) -> Exception:
+    """After the input pipeline failed at ``step``: save that step (unless it is saved or nothing was trained), then
+    a DataError naming the unreadable file(s) of an image folder: those of the failing training batch (the order
+    is a pure function of seed and epoch) or, for evaluation, of the whole split. Other errors pass through."""
+    if not _is_data_error(error):
+        return error
+    if step > (run.meta.get("step") or 0) and step not in mngr.all_steps():
+        save(step, None)
+        mngr.wait_until_finished()
+    kept = f"saved step {step} first" if step in mngr.all_steps() else "no trained step was lost"
+    where = f"{source.name}:{source.split}"
+    if source.paths is not None:
+        paths = source.paths
+        if train_batch:
+            config = run.config
+            epoch, position = divmod(step, run.steps_per_epoch)
+            order = np.random.default_rng([config.seed, epoch]).permutation(source.num_examples)
+            # the failing batch, and those the pipeline may have been prefetching after it
+            paths = source.paths[order[position * config.batch_size:(position + 9) * config.batch_size]]
+        bad = data.unreadable_files(list(paths))
+        if bad:
+            listed = "; ".join(f"{p} ({problem})" for p, problem in bad[:3]) + (" ..." if len(bad) > 3 else "")
+            return data.DataError(f"unreadable image(s) in {where}: {listed}. {kept}: remove or replace the "
+                                  f"file(s) and rerun the same command to resume (--config.verify_images=True "
+                                  f"checks a whole folder up front)")
+    return data.DataError(f"the input pipeline of {where} failed at step {step}: "
+                          f"{checkpoint.first_line(error)}. {kept}; rerun the same command to resume")
+
+
+def _is_data_error(error: Exception) -> bool:
+    return isinstance(error, data.DataError) or type(error).__module__.startswith("tensorflow")
 
 
 def train_iterator(run: Run, start_step: int, mesh: jax.sharding.Mesh) -> Iterator[dict[str, jax.Array]]:

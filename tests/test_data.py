@@ -62,8 +62,8 @@ def test_non_image_files_are_skipped_with_a_warning_or_raise(tmp_path, caplog):
     with caplog.at_level(logging.WARNING):
         src = data.get_source(f"folder:{tmp_path}", "train")
     assert src.num_examples == 9
-    assert "fake.jpg" in caplog.text and "notes.txt" in caplog.text and "skipped 2 non-image" in caplog.text
-    with pytest.raises(data.DataError, match=r"2 file.*not images"):
+    assert "fake.jpg" in caplog.text and "notes.txt" in caplog.text and "skipped 2 unreadable" in caplog.text
+    with pytest.raises(data.DataError, match=r"2 file.*not readable images"):
         data.get_source(f"folder:{tmp_path}", "train", on_bad_file="raise")
     # a truncated JPEG has a valid header: only full verification finds it
     good = tmp_path / "train" / "cat" / "0.png"
@@ -74,7 +74,7 @@ def test_non_image_files_are_skipped_with_a_warning_or_raise(tmp_path, caplog):
     caplog.clear()
     with caplog.at_level(logging.WARNING):
         assert data.get_source(f"folder:{tmp_path}", "train", verify=True).num_examples == 10
-    assert "truncated.jpg" in caplog.text and "skipped 3 non-image" in caplog.text
+    assert "truncated.jpg: truncated" in caplog.text and "skipped 3 unreadable" in caplog.text
 
 
 def test_folder_errors_name_the_problem(tmp_path):

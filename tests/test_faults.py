@@ -12,7 +12,7 @@ import pytest
 import evaluate
 from resnet_jax import checkpoint, convert, plot, train_lib
 from tests.test_evaluate import save_run
-from tests.test_train import ROOT, make_folder, tiny_config
+from tests.test_train import CLI_OVERRIDES, ROOT, make_folder, tiny_config
 
 
 @pytest.fixture(scope="module")
@@ -166,3 +166,34 @@ def test_training_resumes_from_the_newest_good_step_and_refuses_when_none_is_lef
     with pytest.raises(checkpoint.CheckpointError, match=r"every saved step in .* is damaged .*move that directory "
                                                           r"away to train from scratch"):
         train_lib.train_and_evaluate(tiny_config(tiny, num_train_steps=6), str(workdir))
+
+
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_a_corrupt_image_mid_run_is_named_after_saving(tmp_path, split):
+    """A truncated JPEG that nothing checked up front (mean/std normalisation, no verify_images): the run saves
+    the steps it trained, then stops with one line naming the file; removing it and rerunning resumes."""
+    from PIL import Image
+
+    root = make_folder(tmp_path / "data")
+    Image.open(root / split / "ant" / "0.png").save(root / split / "ant" / "whole.jpg", quality=95)
+    whole = (root / split / "ant" / "whole.jpg").read_bytes()
+    bad = root / split / "ant" / "broken.jpg"
+    bad.write_bytes(whole[: len(whole) // 2])
+    (root / split / "ant" / "whole.jpg").unlink()
+    workdir = tmp_path / "run"
+    result = train_cli(workdir, f"--config.dataset=folder:{root}", "--config.normalization=mean_std",
+                       "--config.num_train_steps=12", "--config.checkpoint_every_steps=100",
+                       "--config.eval_every_steps=5", *CLI_OVERRIDES)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    line = result.stderr.strip().splitlines()[-1]
+    assert line.startswith(f"error: unreadable image(s) in folder:{root}:{split}: {bad} (truncated)"), line
+    steps = checkpoint.manager(str(workdir)).all_steps()
+    if split == "test":  # the first evaluation (step 5) failed: the 5 trained steps were saved first
+        assert steps == [5] and "saved step 5 first" in line
+    else:  # the first epoch (37 files, 4 batches of 8) reaches the broken file at some step: that step is saved
+        assert len(steps) <= 1 and (f"saved step {steps[0]} first" in line if steps else "no trained step" in line)
+    bad.unlink()
+    result = train_cli(workdir, f"--config.dataset=folder:{root}", "--config.normalization=mean_std",
+                       "--config.num_train_steps=6", "--config.checkpoint_every_steps=100",
+                       "--config.eval_every_steps=6", *CLI_OVERRIDES)
+    assert result.returncode == 0, result.stderr[-2000:]
