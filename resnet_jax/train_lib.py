@@ -248,6 +248,7 @@ def prepare(config: ml_collections.ConfigDict, workdir: str, mngr=None) -> Run:
         raise ConfigError(f"dtype {config.dtype!r} is not a dtype") from e
     if config.get("conv_impl", "auto") not in conv.IMPLS:
         raise ConfigError(f"conv_impl must be one of {conv.IMPLS}, got {config.conv_impl!r}")
+    profile_steps(config)
     verify = config.get("verify_images", False)
     train_source = data.get_source(config.dataset, config.train_split, config.data_dir, verify=verify)
     eval_source = data.get_source(config.dataset, config.eval_split, config.data_dir, verify=verify)
@@ -304,6 +305,20 @@ def prepare(config: ml_collections.ConfigDict, workdir: str, mngr=None) -> Run:
         model = model.clone(bn_axis_name=AXIS)
     return Run(config, workdir, model, train_source, eval_source, meta, np.asarray(mean, np.float32),
                np.asarray(std, np.float32), train_source.num_examples // config.batch_size, arrays)
+
+
+def profile_steps(config: ml_collections.ConfigDict) -> tuple[int, int] | None:
+    """``profile_steps="START:STOP"`` -> (START, STOP): trace the steps after START up to STOP."""
+    spec = config.get("profile_steps", "")
+    if not spec:
+        return None
+    try:
+        start, stop = (int(x) for x in spec.split(":"))
+    except ValueError:
+        raise ConfigError(f"profile_steps must be START:STOP, e.g. 10:20, got {spec!r}") from None
+    if not 0 <= start < stop:
+        raise ConfigError(f"profile_steps {spec!r}: need 0 <= START < STOP")
+    return start, stop
 
 
 class Preempted(Exception):
@@ -395,8 +410,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     last: dict = {}
     step = start
     in_flight: collections.deque = collections.deque()
+    profile = profile_steps(config)
+    tracing = False
     try:
         while step < config.num_train_steps:
+            if profile and step == profile[0] and jax.process_index() == 0:
+                jax.profiler.start_trace(os.path.join(workdir, "profile"), create_perfetto_trace=True)
+                tracing = True
             try:
                 batch = next(batches)
             except Exception as e:  # an image the pipeline cannot decode: keep the trained steps, then name it
@@ -407,6 +427,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
             in_flight.append(metrics["loss"])
             while len(in_flight) > MAX_STEPS_IN_FLIGHT:  # the host waits for the device: honest rates, prompt stops
                 in_flight.popleft().block_until_ready()
+            if tracing and step == profile[1]:
+                jax.block_until_ready(state)
+                jax.profiler.stop_trace()
+                tracing = False
+                log.info("wrote a profile of steps %d-%d to %s", profile[0] + 1, step, os.path.join(workdir, "profile"))
             out.tick(step - len(in_flight))
             if on_step is not None:
                 on_step(step)
@@ -434,6 +459,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                 name = signal.Signals(stop["signal"]).name
                 raise Preempted(f"received {name}: saved step {step}, exiting", stop["signal"])
     finally:
+        if tracing:
+            jax.profiler.stop_trace()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         mngr.wait_until_finished()

@@ -352,3 +352,13 @@ def test_degradation_study_trains_resumes_and_reports(tiny, tmp_path, monkeypatc
     mtime = (tmp_path / "cifar_plain20" / "metrics.jsonl").stat().st_mtime
     reproduce.main(args)  # finished models are skipped
     assert (tmp_path / "cifar_plain20" / "metrics.jsonl").stat().st_mtime == mtime
+
+
+def test_profile_steps_write_a_trace(tiny, tmp_path):
+    workdir = tmp_path / "run"
+    train_lib.train_and_evaluate(tiny_config(tiny, num_train_steps=4, profile_steps="1:3"), str(workdir))
+    files = [p for p in (workdir / "profile").rglob("*") if p.is_file()]
+    assert any(p.name.endswith(".xplane.pb") for p in files)  # TensorBoard's profile plugin
+    assert any(p.name.endswith(".trace.json.gz") for p in files)  # Perfetto (ui.perfetto.dev)
+    with pytest.raises(train_lib.ConfigError, match="profile_steps must be START:STOP"):
+        train_lib.prepare(tiny_config(tiny, profile_steps="10"), str(tmp_path))

@@ -56,6 +56,7 @@ def fields() -> dict[str, Any]:
     c.checkpoint_every_steps = 2_000
     c.keep_checkpoints = 3
     c.eval_batch_size = 500
+    c.profile_steps = ""  # "START:STOP": a jax.profiler trace of those steps in <workdir>/profile
     return vars(c)
 
 
