@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import evaluate
-from resnet_jax import checkpoint, convert, plot, train_lib
+from resnet_jax import checkpoint, convert, data, plot, train_lib
 from tests.test_evaluate import save_run
 from tests.test_train import CLI_OVERRIDES, ROOT, make_folder, tiny_config
 
@@ -168,32 +168,44 @@ def test_training_resumes_from_the_newest_good_step_and_refuses_when_none_is_lef
         train_lib.train_and_evaluate(tiny_config(tiny, num_train_steps=6), str(workdir))
 
 
-@pytest.mark.parametrize("split", ["train", "test"])
-def test_a_corrupt_image_mid_run_is_named_after_saving(tmp_path, split):
-    """A truncated JPEG that nothing checked up front (mean/std normalisation, no verify_images): the run saves
-    the steps it trained, then stops with one line naming the file; removing it and rerunning resumes."""
+def broken_folder(tmp_path, split):
+    """The tiny folder with a truncated JPEG (a valid header: only decoding finds it) in ``split``."""
     from PIL import Image
 
     root = make_folder(tmp_path / "data")
-    Image.open(root / split / "ant" / "0.png").save(root / split / "ant" / "whole.jpg", quality=95)
-    whole = (root / split / "ant" / "whole.jpg").read_bytes()
+    Image.open(root / split / "ant" / "0.png").save(tmp_path / "whole.jpg", quality=95)
+    whole = (tmp_path / "whole.jpg").read_bytes()
     bad = root / split / "ant" / "broken.jpg"
     bad.write_bytes(whole[: len(whole) // 2])
-    (root / split / "ant" / "whole.jpg").unlink()
+    return root, bad
+
+
+def test_a_corrupt_training_image_is_named_after_saving(tmp_path):
+    """Nothing checked the file up front (mean/std normalisation, no verify_images): the run saves the steps it
+    trained, then stops with one line naming the file; removing it and rerunning resumes."""
+    root, bad = broken_folder(tmp_path, "train")
     workdir = tmp_path / "run"
-    result = train_cli(workdir, f"--config.dataset=folder:{root}", "--config.normalization=mean_std",
-                       "--config.num_train_steps=12", "--config.checkpoint_every_steps=100",
-                       "--config.eval_every_steps=5", *CLI_OVERRIDES)
+    flags = [f"--config.dataset=folder:{root}", "--config.normalization=mean_std", "--config.num_train_steps=12",
+             "--config.checkpoint_every_steps=100", "--config.eval_every_steps=100", *CLI_OVERRIDES]
+    result = train_cli(workdir, *flags)
     assert result.returncode == 1 and "Traceback" not in result.stderr
     line = result.stderr.strip().splitlines()[-1]
-    assert line.startswith(f"error: unreadable image(s) in folder:{root}:{split}: {bad} (truncated)"), line
-    steps = checkpoint.manager(str(workdir)).all_steps()
-    if split == "test":  # the first evaluation (step 5) failed: the 5 trained steps were saved first
-        assert steps == [5] and "saved step 5 first" in line
-    else:  # the first epoch (37 files, 4 batches of 8) reaches the broken file at some step: that step is saved
-        assert len(steps) <= 1 and (f"saved step {steps[0]} first" in line if steps else "no trained step" in line)
+    assert line.startswith(f"error: unreadable image(s) in folder:{root}:train: {bad} (truncated)"), line
+    steps = checkpoint.manager(str(workdir)).all_steps()  # the epoch reaches the file at some step: it is saved
+    assert len(steps) <= 1 and (f"saved step {steps[0]} first" in line if steps else "no trained step" in line)
     bad.unlink()
-    result = train_cli(workdir, f"--config.dataset=folder:{root}", "--config.normalization=mean_std",
-                       "--config.num_train_steps=6", "--config.checkpoint_every_steps=100",
-                       "--config.eval_every_steps=6", *CLI_OVERRIDES)
-    assert result.returncode == 0, result.stderr[-2000:]
+    c = tiny_config(root, normalization="mean_std", num_train_steps=12, checkpoint_every_steps=100,
+                    eval_every_steps=100)
+    assert train_lib.train_and_evaluate(c, str(workdir))["step"] == 12
+
+
+def test_a_corrupt_evaluation_image_is_named_after_saving(tmp_path):
+    root, bad = broken_folder(tmp_path, "test")
+    c = tiny_config(root, normalization="mean_std", num_train_steps=6, eval_every_steps=5,
+                    checkpoint_every_steps=100)
+    with pytest.raises(data.DataError, match=r"unreadable image\(s\) in folder:.*:test: .*broken\.jpg \(truncated\)\. "
+                                             r"saved step 5 first"):
+        train_lib.train_and_evaluate(c, str(tmp_path / "run"))
+    assert checkpoint.manager(str(tmp_path / "run")).all_steps() == [5]  # the 5 trained steps
+    bad.unlink()
+    assert train_lib.train_and_evaluate(c, str(tmp_path / "run"))["step"] == 6
