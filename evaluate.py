@@ -25,6 +25,8 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--limit", type=int, help="multi-scale only: evaluate the first N examples")
     p.add_argument("--output", help="write the results as JSON here")
     p.add_argument("--images", nargs="+", help="classify these files instead: top-5 classes and probabilities")
+    p.add_argument("--features", help="write the split's pre-logits embeddings and labels to this .npz instead "
+                                      "(the center view, or the whole image for CIFAR models)")
     return p.parse_args(argv)
 
 
@@ -46,6 +48,22 @@ def classify(clf, files) -> list[str]:
             name, class_id = clf.class_names[i], clf.class_ids[i]
             print(f"  {p[i]:7.2%}  {name}" + (f"  ({class_id})" if class_id != name else ""))
     return errors
+
+
+def write_features(args, clf, source, model, variables, pre, cifar) -> int:
+    """Embeddings (N, D) and labels (N,) of every example of the split, in the split's order, to an .npz."""
+    import numpy as np
+    from tqdm import tqdm
+
+    from resnet_jax import data, evaluation
+
+    batches = data.eval_batches(source, args.batch_size, "cifar" if cifar else "center", pre["image_size"],
+                                pre.get("resize_size"), process_index=0, process_count=1)
+    with tqdm(total=source.num_examples, desc="features", unit="img") as bar:
+        embeddings, labels = evaluation.extract_features(model, variables, batches, clf.mean, clf.std, bar)
+    np.savez(args.features, embeddings=embeddings, labels=labels, class_names=np.array(clf.class_names))
+    print(f"wrote {len(labels)} embeddings of dimension {embeddings.shape[1]} to {args.features}")
+    return 0
 
 
 def main(argv=None) -> int:
@@ -81,6 +99,8 @@ def main(argv=None) -> int:
         source = data.get_source(dataset, split, args.data_dir or ds.get("data_dir"))
     except data.DataError as e:
         sys.exit(f"error: {e}")
+    if args.features:
+        return write_features(args, clf, source, model, variables, pre, cifar)
     mesh = train_lib.make_mesh()
     replicated = jax.device_put(variables, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
     results = []

@@ -25,6 +25,26 @@ def predict_probs(model: Any, variables: Any, images: jax.Array, mean: Any, std:
     return probs.reshape((*images.shape[:-3], -1)).mean(axis=tuple(range(1, images.ndim - 3)))
 
 
+def features(model: Any, variables: Any, images: jax.Array, mean: Any, std: Any) -> dict[str, jax.Array]:
+    """uint8 images (N, H, W, 3) -> the model's features: stem, stage1..N, pre_logits, logits."""
+    _, out = model.apply(variables, data.normalize(images, mean, std), train=False, features=True)
+    return out
+
+
+def extract_features(model: Any, variables: Any, batches: Iterable[dict[str, np.ndarray]], mean: Any, std: Any,
+                     progress: Any = None) -> tuple[np.ndarray, np.ndarray]:
+    """Pre-logits embeddings and labels of every real example of host batches (padding dropped), in order."""
+    fn = jax.jit(lambda v, x: features(model, v, x, mean, std)["pre_logits"])
+    embeddings, labels = [], []
+    for batch in batches:
+        keep = np.asarray(batch["mask"], bool)
+        embeddings.append(np.asarray(fn(variables, batch["image"]))[keep])
+        labels.append(np.asarray(batch["label"])[keep])
+        if progress is not None:
+            progress.update(int(keep.sum()))
+    return np.concatenate(embeddings), np.concatenate(labels)
+
+
 def topk_counts(probs: jax.Array, labels: jax.Array, mask: jax.Array) -> dict[str, jax.Array]:
     """Masked sums: examples, top-1 and top-5 correct, and the cross-entropy of the averaged scores."""
     top5 = jax.lax.top_k(probs, min(5, probs.shape[-1]))[1]
@@ -130,6 +150,7 @@ class Classifier:
         self.class_ids = [str(c) for c in info.get("class_ids") or info.get("class_names") or range(model.num_classes)]
         self.class_names = class_names.readable(info.get("class_names") or self.class_ids)
         self._probs = jax.jit(lambda v, x: predict_probs(model, v, x, self.mean, self.std))
+        self._features = jax.jit(lambda v, x: features(model, v, x, self.mean, self.std))
 
     @classmethod
     def from_checkpoint(cls, workdir: str, step: int | str = "latest") -> Classifier:
@@ -160,6 +181,12 @@ class Classifier:
     def predict(self, images: Any) -> np.ndarray:
         """Class probabilities (N, classes) for uint8 NHWC images or a list of image files."""
         return np.asarray(self._probs(self.variables, self.preprocess(images)))
+
+    def features(self, images: Any, stages: bool = False) -> np.ndarray | dict[str, np.ndarray]:
+        """Pre-logits embeddings (N, D) of images (as ``predict`` takes them): the globally pooled output of the
+        last stage. With ``stages``, a dict that adds the stem's and every stage's feature maps (NHWC)."""
+        out = self._features(self.variables, self.preprocess(images))
+        return {k: np.asarray(v) for k, v in out.items()} if stages else np.asarray(out["pre_logits"])
 
     def top_k(self, images: Any, k: int = 5, ids: bool = False) -> tuple[list[list[str]], np.ndarray]:
         """The k most probable class names (or, with ``ids``, the dataset's class ids such as wnids) and their
