@@ -165,6 +165,7 @@ class ResNet(nn.Module):
     remat: bool = False
     bn_axis_name: str | None = None  # a mapped axis (e.g. shard_map's) to synchronise BN statistics over
     conv_impl: str = "auto"  # how convolutions compute (resnet_jax.conv): "auto", "xla" or "im2col"
+    frozen: tuple[str, ...] = ()  # parts ("stem", "stage1", ...) whose BN layers normalise with running statistics
 
     @nn.compact
     def __call__(self, x: Array, train: bool = False, features: bool = False) -> Array | tuple[Array, dict]:
@@ -173,19 +174,24 @@ class ResNet(nn.Module):
         norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=self.bn_momentum,
                                  epsilon=self.bn_epsilon, dtype=self.dtype, param_dtype=self.param_dtype,
                                  axis_name=self.bn_axis_name)
-        block = functools.partial(ResidualBlock, conv=conv, norm=norm, bottleneck=self.bottleneck,
-                                  residual=self.residual, shortcut=self.shortcut, version=self.version,
+
+        def norm_of(part: str) -> ModuleDef:  # a frozen part keeps (and uses) its running statistics
+            return functools.partial(norm, use_running_average=True) if part in self.frozen else norm
+
+        block = functools.partial(ResidualBlock, conv=conv, bottleneck=self.bottleneck, residual=self.residual,
+                                  shortcut=self.shortcut, version=self.version,
                                   zero_init_residual=self.zero_init_residual)
         out = {}
         x = jnp.asarray(x, self.dtype)
         if self.stem == "imagenet":
-            x = nn.relu(norm(name="bn1")(conv(64, 7, 2, name="conv1")(x)))
+            x = nn.relu(norm_of("stem")(name="bn1")(conv(64, 7, 2, name="conv1")(x)))
             x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
         else:
-            x = nn.relu(norm(name="bn1")(conv(self.widths[0], 3, 1, name="conv1")(x)))
+            x = nn.relu(norm_of("stem")(name="bn1")(conv(self.widths[0], 3, 1, name="conv1")(x)))
         out["stem"] = x
         for i, (size, width) in enumerate(zip(self.stage_sizes, self.widths, strict=True)):
-            x = Stage(size, width, 1 if i == 0 else 2, block, self.scan, self.remat, name=f"stage{i + 1}")(x)
+            stage_block = functools.partial(block, norm=norm_of(f"stage{i + 1}"))
+            x = Stage(size, width, 1 if i == 0 else 2, stage_block, self.scan, self.remat, name=f"stage{i + 1}")(x)
             out[f"stage{i + 1}"] = x
         x = out["pre_logits"] = jnp.mean(x, axis=(1, 2))
         x = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype, name="fc")(x)
@@ -210,7 +216,7 @@ for _depth in (20, 32, 44, 56, 110, 1202):  # 6n + 2 layers
 
 # Options a user may set through create_model (architecture fields stay fixed by the name).
 OPTIONS = ("num_classes", "shortcut", "version", "zero_init_residual", "bn_momentum", "bn_epsilon",
-           "dtype", "param_dtype", "scan", "remat", "conv_impl")
+           "dtype", "param_dtype", "scan", "remat", "conv_impl", "frozen")
 
 
 def list_models() -> list[str]:
@@ -240,6 +246,16 @@ def create_model(name: str, **options: Any) -> ResNet:
         if key in options:
             options[key] = jnp.dtype(options[key])
     return ResNet(**dict(MODELS[name], **options))
+
+
+def part_of(name: str) -> str:
+    """The part a top-level variable belongs to: ``conv1``/``bn1`` -> ``stem``; ``stageN`` and ``fc`` themselves."""
+    return "stem" if name in ("conv1", "bn1") else name
+
+
+def parts(model: ResNet) -> list[str]:
+    """The parts of a network, input to output: stem, stage1..N, fc."""
+    return ["stem", *(f"stage{i + 1}" for i in range(len(model.stage_sizes))), "fc"]
 
 
 def convert_layout(variables: dict, scan: bool) -> dict:

@@ -14,6 +14,7 @@ import functools
 import itertools
 import logging
 import os
+import re
 import signal
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
@@ -87,12 +88,84 @@ def learning_rate_schedule(config: ml_collections.ConfigDict, steps_per_epoch: i
     return lambda step: jnp.where(step < warmup, warm(step), main(step))
 
 
-def make_optimizer(config: ml_collections.ConfigDict, schedule: optax.Schedule) -> optax.GradientTransformation:
-    """SGD with momentum 0.9 and weight decay 1e-4 (Sec. 3.4), decay added to the gradient as in Caffe."""
+def make_optimizer(config: ml_collections.ConfigDict, schedule: optax.Schedule,
+                   frozen: tuple[str, ...] = ()) -> optax.GradientTransformation:
+    """SGD with momentum 0.9 and weight decay 1e-4 (Sec. 3.4), decay added to the gradient as in Caffe. Parts in
+    ``frozen`` get no update and no decay; the classifier's updates scale by ``head_lr_multiplier``."""
     if config.optimizer != "sgd":
         raise ConfigError(f"optimizer must be 'sgd', got {config.optimizer!r}")
-    return optax.chain(optax.add_decayed_weights(config.weight_decay),
-                       optax.sgd(schedule, momentum=config.momentum, nesterov=config.nesterov))
+    sgd = optax.chain(optax.add_decayed_weights(config.weight_decay),
+                      optax.sgd(schedule, momentum=config.momentum, nesterov=config.nesterov))
+    multiplier = config.get("head_lr_multiplier", 1.0)
+    if not frozen and multiplier == 1.0:
+        return sgd
+
+    def label(params):
+        return {name: jax.tree.map(lambda _, name=name: "frozen" if models.part_of(name) in frozen
+                                   else "head" if name == "fc" else "body", tree)
+                for name, tree in params.items()}
+
+    return optax.multi_transform({"body": sgd, "head": optax.chain(sgd, optax.scale(multiplier)),
+                                  "frozen": optax.set_to_zero()}, label)
+
+
+def frozen_parts(config: ml_collections.ConfigDict, model: models.ResNet) -> tuple[str, ...]:
+    """``freeze``: "none", "backbone" (every part but fc) or a comma-separated list of parts."""
+    spec = config.get("freeze", "none") or "none"
+    names = models.parts(model)
+    if spec == "none":
+        return ()
+    if spec == "backbone":
+        return tuple(names[:-1])
+    chosen = tuple(p.strip() for p in spec.split(","))
+    unknown = [p for p in chosen if p not in names]
+    if unknown:
+        raise ConfigError(f"freeze: unknown part(s) {unknown}; parts of {config.model}: {', '.join(names)}, or "
+                          f"'backbone' or 'none'")
+    return chosen
+
+
+def load_init_from(config: ml_collections.ConfigDict, model: models.ResNet) -> dict:
+    """The ``init_from`` checkpoint's variables, checked against ``model`` (flat, ``params/stage1/...`` keys). A
+    classifier of another class count is left out, to keep its fresh initialisation; anything else that does not
+    fit raises ConfigError."""
+    from flax import traverse_util
+
+    spec = config.init_from
+    path, step = spec, "latest"
+    if re.search(r":(\d+|best|latest)$", spec):
+        path, step = spec.rsplit(":", 1)
+    try:
+        source, variables, info = checkpoint.load_checkpoint(path, step)
+    except checkpoint.CheckpointError as e:
+        raise ConfigError(f"init_from={spec!r}: {e}") from e
+    if info["model"] != config.model:
+        raise ConfigError(f"init_from={spec!r} holds a {info['model']}, but the config trains a {config.model}")
+    if source.scan != model.scan:
+        variables = models.convert_layout(variables, scan=model.scan)
+    loaded = traverse_util.flatten_dict(variables, sep="/")
+    wanted = traverse_util.flatten_dict(models.abstract_variables(model, config.image_size), sep="/")
+    wrong = [k for k, v in wanted.items()
+             if k.split("/")[1] != "fc" and (k not in loaded or loaded[k].shape != v.shape)]
+    if wrong:
+        raise ConfigError(f"init_from={spec!r} does not fit {config.model} with these options: {wrong[:3]}")
+    head = [k for k in wanted if k.split("/")[1] == "fc"]
+    if not all(k in loaded and loaded[k].shape == wanted[k].shape for k in head):
+        loaded = {k: v for k, v in loaded.items() if k not in head}
+        log.info("init_from %s: the classifier fc is re-initialised for %d classes (the checkpoint has %d)", spec,
+                 model.num_classes, info["num_classes"])
+    log.info("initialising from %s step %d", path, info["step"])
+    return {k: v for k, v in loaded.items() if k in wanted}
+
+
+def merge_variables(variables: dict, loaded: dict) -> dict:
+    """``variables`` with the tensors of ``loaded`` (flat keys) in their place, same dtypes and shardings."""
+    from flax import traverse_util
+
+    flat = traverse_util.flatten_dict(variables, sep="/")
+    for key, value in loaded.items():
+        flat[key] = jax.device_put(np.asarray(value, flat[key].dtype), flat[key].sharding)
+    return traverse_util.unflatten_dict(flat, sep="/")
 
 
 def make_mesh() -> jax.sharding.Mesh:
@@ -211,6 +284,7 @@ class Run:
     std: np.ndarray
     steps_per_epoch: int
     arrays: dict[str, tuple[np.ndarray, np.ndarray]] | None = None  # on_device_data: "train"/"eval" splits, decoded
+    init: dict | None = None  # init_from: the variables to start from (flat keys), for a new run
 
 
 POSITIVE = ("batch_size", "eval_batch_size", "num_train_steps", "eval_every_steps", "checkpoint_every_steps",
@@ -266,8 +340,10 @@ def prepare(config: ml_collections.ConfigDict, workdir: str, mngr=None) -> Run:
     # conv_impl changes speed, not parameters or results: it is not part of the checkpoint's model options
     model = models.create_model(config.model, num_classes=len(train_source.class_names),
                                 conv_impl=config.get("conv_impl", "auto"), **options)
+    model = model.clone(frozen=frozen_parts(config, model))  # like conv_impl: not part of the architecture
     meta = None
     latest = mngr.latest_step() if mngr is not None else None
+    init = load_init_from(config, model) if config.get("init_from") and latest is None else None
     if latest is not None:
         meta = checkpoint.read_meta(mngr, latest)
         for key in ("model", "model_options", "num_classes"):
@@ -303,8 +379,10 @@ def prepare(config: ml_collections.ConfigDict, workdir: str, mngr=None) -> Run:
     meta["config"] = config.to_dict()
     if config.sync_batch_stats:
         model = model.clone(bn_axis_name=AXIS)
+    if init is not None:
+        meta["init_from"] = config.init_from
     return Run(config, workdir, model, train_source, eval_source, meta, np.asarray(mean, np.float32),
-               np.asarray(std, np.float32), train_source.num_examples // config.batch_size, arrays)
+               np.asarray(std, np.float32), train_source.num_examples // config.batch_size, arrays, init)
 
 
 def profile_steps(config: ml_collections.ConfigDict) -> tuple[int, int] | None:
@@ -357,9 +435,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         mngr = checkpoint.manager(workdir, keep=config.keep_checkpoints)
     mesh = make_mesh()
     schedule = learning_rate_schedule(config, run.steps_per_epoch)
-    tx = make_optimizer(config, schedule)
+    tx = make_optimizer(config, schedule, run.model.frozen)
     state = create_train_state(run.model, tx, config.image_size, config.seed, mesh)
     start = mngr.latest_step() or 0
+    if not start and run.init is not None:  # a new run from another's weights (a resume wins over init_from)
+        variables = merge_variables(state.variables, run.init)
+        state = state.replace(params=variables["params"], batch_stats=variables["batch_stats"],
+                              opt_state=tx.init(variables["params"]))
     if start:
         restored = checkpoint.restore(mngr, start, state.variables, {"step": state.step, "opt_state": state.opt_state},
                                       sharding=NamedSharding(mesh, P()))

@@ -2,6 +2,7 @@
 NaN and config errors, and 2 processes x 2 devices against 1 process x 4 devices."""
 
 import json
+import logging
 import os
 import signal
 import socket
@@ -362,3 +363,55 @@ def test_profile_steps_write_a_trace(tiny, tmp_path):
     assert any(p.name.endswith(".trace.json.gz") for p in files)  # Perfetto (ui.perfetto.dev)
     with pytest.raises(train_lib.ConfigError, match="profile_steps must be START:STOP"):
         train_lib.prepare(tiny_config(tiny, profile_steps="10"), str(tmp_path))
+
+
+# ------------------------------------------------------------------------------------------- fine-tuning
+
+
+def test_fine_tuning_a_linear_probe_from_another_run(tiny, tmp_path, caplog):
+    """A 10-class CIFAR net (the shape of the shared ResNet-20) fine-tuned on the 3-class folder with its backbone
+    frozen: new classifier, backbone parameters and BN statistics untouched, a checkpoint of 3 classes; a rerun
+    resumes the new run rather than starting again from init_from."""
+    from tests.test_evaluate import save_run
+
+    source = tmp_path / "pretrained"
+    _, pretrained = save_run(source, name="cifar_resnet20", image_size=16, eval_preset="cifar", num_classes=10)
+    workdir = tmp_path / "probe"
+    c = tiny_config(tiny, num_train_steps=4, init_from=f"{source}:7", freeze="backbone", head_lr_multiplier=10.0,
+                    learning_rate=0.001, eval_every_steps=4, checkpoint_every_steps=2)
+    with caplog.at_level(logging.INFO, logger="resnet_jax"):
+        train_lib.train_and_evaluate(c, str(workdir))
+    assert "the classifier fc is re-initialised for 3 classes (the checkpoint has 10)" in caplog.text
+    _, tuned, info = checkpoint.load_checkpoint(str(workdir))
+    assert info["num_classes"] == 3 and info["class_names"] == ["ant", "bee", "cat"] and info["step"] == 4
+    assert info["init_from"] == f"{source}:7"
+    for collection in ("params", "batch_stats"):
+        for part in set(pretrained[collection]) - {"fc"}:
+            jax.tree.map(np.testing.assert_array_equal, tuned[collection][part], pretrained[collection][part])
+    assert tuned["params"]["fc"]["kernel"].shape == (64, 3)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="resnet_jax"):  # a rerun resumes its own checkpoint
+        assert train_lib.train_and_evaluate(dict_update(c, num_train_steps=6), str(workdir))["step"] == 6
+    assert "resumed from step 4" in caplog.text and "initialising from" not in caplog.text
+
+
+def dict_update(config, **changes):
+    config = config.copy_and_resolve_references()
+    config.update(changes)
+    return config
+
+
+def test_freezing_and_the_head_multiplier_shape_the_updates():
+    c = cifar10.get_config()
+    c.head_lr_multiplier = 10.0
+    params = {"conv1": {"kernel": jnp.ones(2)}, "stage1": {"w": jnp.ones(2)}, "fc": {"kernel": jnp.ones(2)}}
+    grads = jax.tree.map(jnp.ones_like, params)
+    plain = train_lib.make_optimizer(cifar10.get_config(), lambda s: 0.1)
+    tx = train_lib.make_optimizer(c, lambda s: 0.1, frozen=("stem",))
+    base, _ = plain.update(grads, plain.init(params), params)
+    got, _ = tx.update(grads, tx.init(params), params)
+    np.testing.assert_array_equal(got["conv1"]["kernel"], 0.0)  # frozen: no update, no decay
+    np.testing.assert_allclose(got["stage1"]["w"], base["stage1"]["w"])
+    np.testing.assert_allclose(got["fc"]["kernel"], 10 * base["fc"]["kernel"], rtol=1e-6)
+    with pytest.raises(train_lib.ConfigError, match=r"freeze: unknown part\(s\) \['stage9'\]"):
+        train_lib.frozen_parts(dict_update(c, freeze="stem,stage9"), models.create_model("cifar_resnet20"))

@@ -48,6 +48,10 @@ def fields() -> dict[str, Any]:
     c.warmup = "constant"  # "constant": warmup_lr until warmup_steps (Sec. 4.2); "linear": 0 -> learning_rate
     c.warmup_lr = 0.01
     c.label_smoothing = 0.0
+    # Fine-tuning: start a new run from another run's (or a converted) checkpoint, "<workdir>[:step|:best]".
+    c.init_from = ""
+    c.freeze = "none"  # "none", "backbone" (all but fc: a linear probe) or parts, e.g. "stem,stage1"
+    c.head_lr_multiplier = 1.0  # the classifier (fc) learns at this multiple of the learning rate
     c.sync_batch_stats = False  # False: BN statistics per device over its local batch, as in the paper
     # Bookkeeping.
     c.seed = 0
