@@ -126,9 +126,9 @@ def frozen_parts(config: ml_collections.ConfigDict, model: models.ResNet) -> tup
 
 
 def load_init_from(config: ml_collections.ConfigDict, model: models.ResNet) -> dict:
-    """The ``init_from`` checkpoint's variables, checked against ``model`` (flat, ``params/stage1/...`` keys). A
-    classifier of another class count is left out, to keep its fresh initialisation; anything else that does not
-    fit raises ConfigError."""
+    """The ``init_from`` checkpoint's ``variables``, checked against ``model`` (flat, ``params/stage1/...`` keys),
+    and the input normalisation (``mean``, ``std``) its network was trained with. A classifier of another class
+    count is left out, to keep its fresh initialisation; anything else that does not fit raises ConfigError."""
     from flax import traverse_util
 
     spec = config.init_from
@@ -155,7 +155,11 @@ def load_init_from(config: ml_collections.ConfigDict, model: models.ResNet) -> d
         log.info("init_from %s: the classifier fc is re-initialised for %d classes (the checkpoint has %d)", spec,
                  model.num_classes, info["num_classes"])
     log.info("initialising from %s step %d", path, info["step"])
-    return {k: v for k, v in loaded.items() if k in wanted}
+    loaded = {k: v for k, v in loaded.items() if k in wanted}
+    mean = np.asarray(info["preprocessing"]["mean"], np.float32)
+    if mean.ndim == 3 and mean.shape[:2] != (config.image_size, config.image_size):
+        mean = mean.mean(axis=(0, 1))  # a per-pixel mean of another image size: its channel means
+    return dict(variables=loaded, mean=mean, std=np.asarray(info["preprocessing"]["std"], np.float32))
 
 
 def merge_variables(variables: dict, loaded: dict) -> dict:
@@ -357,6 +361,8 @@ def prepare(config: ml_collections.ConfigDict, workdir: str, mngr=None) -> Run:
                         "epoch-based schedule boundaries change from here on", latest, saved_batch,
                         config.batch_size)
         mean, std = np.asarray(meta["preprocessing"]["mean"]), np.asarray(meta["preprocessing"]["std"])
+    elif init is not None:  # a fine-tuned network sees its inputs normalised as in its pre-training
+        mean, std = init["mean"], init["std"]
     elif config.normalization == "pixel_mean":  # Sec. 4.2: subtract the per-pixel mean of the training images
         log.info("computing the per-pixel mean of %s:%s", config.dataset, config.train_split)
         mean = (arrays["train"][0].mean(axis=0, dtype=np.float64).astype(np.float32) if arrays
@@ -439,7 +445,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     state = create_train_state(run.model, tx, config.image_size, config.seed, mesh)
     start = mngr.latest_step() or 0
     if not start and run.init is not None:  # a new run from another's weights (a resume wins over init_from)
-        variables = merge_variables(state.variables, run.init)
+        variables = merge_variables(state.variables, run.init["variables"])
         state = state.replace(params=variables["params"], batch_stats=variables["batch_stats"],
                               opt_state=tx.init(variables["params"]))
     if start:

@@ -385,6 +385,7 @@ def test_fine_tuning_a_linear_probe_from_another_run(tiny, tmp_path, caplog):
     _, tuned, info = checkpoint.load_checkpoint(str(workdir))
     assert info["num_classes"] == 3 and info["class_names"] == ["ant", "bee", "cat"] and info["step"] == 4
     assert info["init_from"] == f"{source}:7"
+    assert info["preprocessing"]["mean"] == [120.0, 110.0, 100.0]  # the pre-trained network's normalisation
     for collection in ("params", "batch_stats"):
         for part in set(pretrained[collection]) - {"fc"}:
             jax.tree.map(np.testing.assert_array_equal, tuned[collection][part], pretrained[collection][part])
