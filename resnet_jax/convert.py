@@ -137,23 +137,67 @@ def _torch():
     return torch
 
 
-def import_torch(model_name: str, input_path: str, workdir: str, class_names: Sequence[str] | None = None,
-                 mean: Sequence[float] | None = None, std: Sequence[float] | None = None, scan: bool = False) -> dict:
-    """Convert ``input_path`` into a checkpoint (step 0) in ``workdir``; returns its description."""
-    torch = _torch()
-    if model_name not in models.MODELS:
-        raise ConversionError(f"unknown model {model_name!r}; valid names: {', '.join(models.list_models())}")
-    layout = layout_of(model_name)
+def hub_file(spec: str) -> str:
+    """``hf:<repo>[@revision]`` -> the local path of its ``model.safetensors`` (downloaded, or from the Hugging
+    Face cache; offline with ``HF_HUB_OFFLINE=1``)."""
     try:
-        state = torch.load(input_path, map_location="cpu", weights_only=True)
+        from huggingface_hub import hf_hub_download
+    except ImportError:
+        raise ConversionError("reading from the Hugging Face hub needs huggingface_hub: pip install huggingface_hub "
+                              "safetensors") from None
+    repo, _, revision = spec[len("hf:"):].partition("@")
+    try:
+        return hf_hub_download(repo, "model.safetensors", revision=revision or None)
+    except Exception as e:
+        raise ConversionError(f"cannot get model.safetensors of {repo} from the Hugging Face hub or its cache: "
+                              f"{type(e).__name__}: {checkpoint.first_line(e)}") from e
+
+
+def read_state_dict(path: str) -> dict[str, Any]:
+    """A state dict from ``path`` by its content: safetensors (read with the safetensors library's numpy API; no
+    PyTorch needed) or PyTorch's own format (with ``torch.load(weights_only=True)``, which runs no pickled code)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(16)
+    except OSError as e:
+        raise ConversionError(f"cannot read {path}: {e.strerror}") from e
+    if len(head) > 8 and head[8:9] == b"{":  # safetensors: an 8-byte header length, then the JSON header
+        try:
+            from safetensors.numpy import load_file
+        except ImportError:
+            raise ConversionError("reading .safetensors needs the safetensors package: pip install safetensors") \
+                from None
+        try:
+            return load_file(path)
+        except Exception as e:
+            raise ConversionError(f"cannot read {path} as safetensors: {checkpoint.first_line(e)}") from e
+    try:
+        import torch
+    except ImportError:
+        raise ConversionError(f"{path} is a PyTorch file (not safetensors): reading it needs torch (pip install "
+                              f"torch), or convert it to .safetensors where torch is installed") from None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         lines = [line.strip() for line in str(e).splitlines() if line.strip()] or [type(e).__name__]
         detail = next((lines[i + 1] for i, line in enumerate(lines[:-1]) if line.endswith("WeightsUnpickler error:")),
                       lines[0])  # torch's own reason, without its advice to turn the safety off
-        raise ConversionError(f"cannot read {input_path} as a PyTorch state dict (loaded with weights_only=True, "
+        raise ConversionError(f"cannot read {path} as a PyTorch state dict (loaded with weights_only=True, "
                               f"which runs no pickled code): {detail}") from e
     if not isinstance(state, dict) or not all(isinstance(k, str) for k in state):
-        raise ConversionError(f"{input_path} holds a {type(state).__name__}, not a PyTorch state dict")
+        raise ConversionError(f"{path} holds a {type(state).__name__}, not a PyTorch state dict")
+    return state
+
+
+def import_torch(model_name: str, input_path: str, workdir: str, class_names: Sequence[str] | None = None,
+                 mean: Sequence[float] | None = None, std: Sequence[float] | None = None, scan: bool = False) -> dict:
+    """Convert ``input_path`` (a .safetensors or PyTorch file, or ``hf:<repo>`` on the Hugging Face hub) into a
+    checkpoint (step 0) in ``workdir``; returns its description. Running statistics always come along."""
+    if model_name not in models.MODELS:
+        raise ConversionError(f"unknown model {model_name!r}; valid names: {', '.join(models.list_models())}")
+    layout = layout_of(model_name)
+    source = hub_file(input_path) if input_path.startswith("hf:") else input_path
+    state = read_state_dict(source)
     fc = clean_state_dict(state).get("linear.weight" if layout == "cifar" else "fc.weight")
     num_classes = fc.shape[0] if fc is not None else (10 if layout == "cifar" else 1000)
     class_ids = None
@@ -179,7 +223,8 @@ def import_torch(model_name: str, input_path: str, workdir: str, class_names: Se
                                    eval_preset="cifar" if layout == "cifar" else "center", image_size=image_size,
                                    mean=[255 * m for m in (mean or TORCH_MEAN)],
                                    std=[255 * s for s in (std or TORCH_STD)]),
-                dataset={}, step=0, source=dict(framework="torch", layout=layout, file=os.path.abspath(input_path)))
+                dataset={}, step=0, source=dict(framework="torch", layout=layout, file=input_path if
+                                                input_path.startswith("hf:") else os.path.abspath(input_path)))
     if os.path.isdir(checkpoint.checkpoint_dir(workdir)) and os.listdir(checkpoint.checkpoint_dir(workdir)):
         raise ConversionError(f"{checkpoint.checkpoint_dir(workdir)} already holds checkpoints; use a new --workdir")
     mngr = checkpoint.manager(workdir, async_save=False)
@@ -204,7 +249,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--from", dest="source", choices=["torch"], help="import from this framework")
     p.add_argument("--to", dest="target", choices=["torch"], help="export a checkpoint to this framework")
     p.add_argument("--model", help="a name from resnet_jax.list_models()")
-    p.add_argument("--input", help="the PyTorch file to import")
+    p.add_argument("--input", help="the weights to import: .safetensors (no PyTorch needed), .pth/.th, or "
+                                   "hf:<repo>[@revision] on the Hugging Face hub (e.g. hf:timm/resnet50.tv_in1k)")
     p.add_argument("--workdir", required=True, help="where the checkpoint is written (import) or read (export)")
     p.add_argument("--output", help="the PyTorch file to write (export)")
     p.add_argument("--step", default="latest")

@@ -123,3 +123,67 @@ def test_shared_resnet20_round_trip_and_accuracy(cifar10_root, tmp_path):
     _, _, info = checkpoint.load_checkpoint(str(workdir))
     assert info["class_names"][0] == "airplane" and info["preprocessing"]["mean"][0] == pytest.approx(123.675)
     assert jax.tree.leaves(info)  # the description is plain JSON
+
+
+# ------------------------------------------------------------------- safetensors and the hub, without PyTorch
+
+
+def save_safetensors(net, path):
+    from safetensors.numpy import save_file
+
+    save_file({k: v.numpy() for k, v in net.state_dict().items()}, str(path))
+
+
+def no_torch(monkeypatch):
+    """Make ``import torch`` fail inside the converter, as on a machine without PyTorch."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "torch", None)
+
+
+@pytest.mark.parametrize("name", ["resnet18", "cifar_resnet20"])
+def test_safetensors_import_without_torch_matches_pytorch(name, tmp_path, monkeypatch):
+    pytest.importorskip("safetensors")
+    net = reference(name)
+    x = np.random.default_rng(0).normal(size=(2, 64, 64, 3)).astype(np.float32)
+    with torch.no_grad():
+        want = net(torch.from_numpy(x.transpose(0, 3, 1, 2))).numpy()
+    save_safetensors(net, tmp_path / "model.safetensors")
+    no_torch(monkeypatch)
+    convert.main(["--from=torch", f"--model={name}", f"--input={tmp_path / 'model.safetensors'}",
+                  f"--workdir={tmp_path / 'ck'}"])
+    model, variables, info = checkpoint.load_checkpoint(str(tmp_path / "ck"))
+    got = np.asarray(model.apply(variables, x))
+    assert np.abs(got - want).max() / np.abs(want).max() <= 1e-4
+    if name == "resnet18":  # ImageNet weights: the ILSVRC names, wnids kept
+        assert info["class_names"][:2] == ["tench", "goldfish"] and info["class_ids"][1] == "n01443537"
+    # a PyTorch file without torch: one line that says what to do
+    torch_file = tmp_path / "w.pth"
+    torch_file.write_bytes(b"PK\x03\x04" + bytes(64))
+    with pytest.raises(SystemExit, match=r"is a PyTorch file \(not safetensors\): reading it needs torch"):
+        convert.main(["--from=torch", f"--model={name}", f"--input={torch_file}", f"--workdir={tmp_path / 'x'}"])
+
+
+def test_hub_id_reads_the_hugging_face_cache_offline(tmp_path, monkeypatch):
+    pytest.importorskip("huggingface_hub")
+    pytest.importorskip("safetensors")
+    net = reference("resnet18")
+    snapshot = tmp_path / "hub" / "models--timm--resnet18.tv_in1k" / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    save_safetensors(net, snapshot / "model.safetensors")
+    (tmp_path / "hub" / "models--timm--resnet18.tv_in1k" / "refs").mkdir()
+    (tmp_path / "hub" / "models--timm--resnet18.tv_in1k" / "refs" / "main").write_text("0" * 40)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    import huggingface_hub.constants as hf_constants
+
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    no_torch(monkeypatch)
+    convert.main(["--from=torch", "--model=resnet18", "--input=hf:timm/resnet18.tv_in1k",
+                  f"--workdir={tmp_path / 'ck'}"])
+    model, variables, info = checkpoint.load_checkpoint(str(tmp_path / "ck"))
+    assert info["source"]["file"] == "hf:timm/resnet18.tv_in1k" and model.num_classes == 1000
+    np.testing.assert_array_equal(variables["batch_stats"]["bn1"]["mean"], net.bn1.running_mean.numpy())
+    with pytest.raises(SystemExit, match=r"cannot get model.safetensors of timm/absent from the Hugging Face hub"):
+        convert.main(["--from=torch", "--model=resnet18", "--input=hf:timm/absent", f"--workdir={tmp_path / 'y'}"])
