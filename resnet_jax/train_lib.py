@@ -288,7 +288,7 @@ class Run:
     std: np.ndarray
     steps_per_epoch: int
     arrays: dict[str, tuple[np.ndarray, np.ndarray]] | None = None  # on_device_data: "train"/"eval" splits, decoded
-    init: dict | None = None  # init_from: the variables to start from (flat keys), for a new run
+    init: dict | None = None  # init_from, for a new run: load_init_from's variables (flat keys), mean and std
 
 
 POSITIVE = ("batch_size", "eval_batch_size", "num_train_steps", "eval_every_steps", "checkpoint_every_steps",
