@@ -26,22 +26,7 @@ def conv_shapes(model_name: str, image_size: int, batch_size: int) -> Counter:
     """(input shape, kernel shape, stride, padding) of every convolution in the forward pass, with counts."""
     model = models.create_model(model_name, conv_impl="xla")
     x = jax.ShapeDtypeStruct((batch_size, image_size, image_size, 3), jnp.float32)
-    jaxpr = jax.make_jaxpr(model.apply)(models.abstract_variables(model, image_size), x).jaxpr
-    found = Counter()
-
-    def walk(jaxpr):
-        for eqn in jaxpr.eqns:
-            if eqn.primitive.name == "conv_general_dilated":
-                stride = eqn.params["window_strides"][0]
-                padding = tuple(tuple(p) for p in eqn.params["padding"])
-                found[(eqn.invars[0].aval.shape, eqn.invars[1].aval.shape, stride, padding)] += 1
-            for v in eqn.params.values():
-                sub = getattr(v, "jaxpr", v)
-                if hasattr(sub, "eqns"):
-                    walk(sub)
-
-    walk(jaxpr)
-    return found
+    return Counter(conv.traced_convolutions(model.apply, models.abstract_variables(model, image_size), x))
 
 
 def pass_fn(impl: str, which: str, stride: int, padding):

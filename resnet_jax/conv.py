@@ -112,6 +112,25 @@ def plan_for(impl: str, shape: Sequence[int], kernel_shape: Sequence[int], strid
     return None if impl == "xla" else Plan(impl, impl, impl)
 
 
+def traced_convolutions(fn: Any, *args: Any) -> list[tuple[tuple[int, ...], tuple[int, ...], int, Padding]]:
+    """(input shape, kernel shape, stride, padding) of every convolution in the traced program of ``fn(*args)``
+    (shapes only, nothing runs), nested programs included, in order."""
+    found = []
+
+    def walk(jaxpr):
+        for eqn in jaxpr.eqns:
+            if eqn.primitive.name == "conv_general_dilated":
+                found.append((eqn.invars[0].aval.shape, eqn.invars[1].aval.shape, eqn.params["window_strides"][0],
+                              tuple(tuple(p) for p in eqn.params["padding"])))
+            for value in eqn.params.values():
+                sub = getattr(value, "jaxpr", value)
+                if hasattr(sub, "eqns"):
+                    walk(sub)
+
+    walk(jax.make_jaxpr(fn)(*args).jaxpr)
+    return found
+
+
 def conv_general_dilated(impl: str):
     """A drop-in for ``lax.conv_general_dilated`` as ``flax.linen.Conv`` calls it (NHWC, HWIO, square strides,
     no dilation, one group), computing with ``impl``."""

@@ -19,21 +19,21 @@ def shared_file(relative: str) -> Path:
     return path
 
 
+def extract(tmp_path_factory, archive: str, folder: str) -> Path:
+    """``../shared/<archive>`` extracted into a fresh temporary directory; returns its ``folder``."""
+    target = tmp_path_factory.mktemp(folder)
+    with tarfile.open(shared_file(archive)) as tar:
+        tar.extractall(target, filter="data")
+    return target / folder
+
+
 @pytest.fixture(scope="session")
 def cifar10_root(tmp_path_factory) -> Path:
     """The real CIFAR-10 JPEG folders from ../shared, extracted once per session."""
-    archive = shared_file("data/cifar10-jpeg.tar.gz")
-    target = tmp_path_factory.mktemp("cifar10")
-    with tarfile.open(archive) as tar:
-        tar.extractall(target, filter="data")
-    return target / "cifar10"
+    return extract(tmp_path_factory, "data/cifar10-jpeg.tar.gz", "cifar10")
 
 
 @pytest.fixture(scope="session")
 def tiny_imagenet_root(tmp_path_factory) -> Path:
     """Tiny ImageNet from ../shared (200 ILSVRC classes, 64x64 photographs), extracted once per session."""
-    archive = shared_file("data/tiny-imagenet-200.tar.gz")
-    target = tmp_path_factory.mktemp("tiny-imagenet")
-    with tarfile.open(archive) as tar:
-        tar.extractall(target, filter="data")
-    return target / "tiny-imagenet-200"
+    return extract(tmp_path_factory, "data/tiny-imagenet-200.tar.gz", "tiny-imagenet-200")

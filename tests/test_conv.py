@@ -14,24 +14,13 @@ def registry_convolutions() -> list:
     """(input shape, kernel shape, stride, padding) of every distinct convolution of every registered network,
     read from the traced program (batch 2; ImageNet networks at 64 px, where stage 4 runs on 2x2 maps)."""
     found = set()
-
-    def walk(jaxpr):
-        for eqn in jaxpr.eqns:
-            if eqn.primitive.name == "conv_general_dilated":
-                found.add((eqn.invars[0].aval.shape, eqn.invars[1].aval.shape, eqn.params["window_strides"][0],
-                           tuple(tuple(p) for p in eqn.params["padding"])))
-            for v in eqn.params.values():
-                sub = getattr(v, "jaxpr", v)
-                if hasattr(sub, "eqns"):
-                    walk(sub)
-
     for name in models.list_models():
         if name.endswith("1202"):
             continue  # cifar_resnet110's shapes, more of them
         model = models.create_model(name, conv_impl="xla")
         size = 32 if name.startswith("cifar") else 64
         x = jax.ShapeDtypeStruct((2, size, size, 3), jnp.float32)
-        walk(jax.make_jaxpr(model.apply)(models.abstract_variables(model, size), x).jaxpr)
+        found.update(conv.traced_convolutions(model.apply, models.abstract_variables(model, size), x))
     return sorted(found)
 
 
