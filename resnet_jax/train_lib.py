@@ -513,8 +513,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
             step += 1
             pending.append((step, metrics))
             in_flight.append(metrics["loss"])
-            while len(in_flight) > MAX_STEPS_IN_FLIGHT:  # the host waits for the device: honest rates, prompt stops
-                in_flight.popleft().block_until_ready()
+            while in_flight and (len(in_flight) > MAX_STEPS_IN_FLIGHT or step == config.num_train_steps):
+                in_flight.popleft().block_until_ready()  # the host waits for the device: honest rates, prompt stops
             if tracing and step == profile[1]:
                 jax.block_until_ready(state)
                 jax.profiler.stop_trace()
