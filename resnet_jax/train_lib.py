@@ -96,7 +96,7 @@ def make_optimizer(config: ml_collections.ConfigDict, schedule: optax.Schedule,
         raise ConfigError(f"optimizer must be 'sgd', got {config.optimizer!r}")
     sgd = optax.chain(optax.add_decayed_weights(config.weight_decay),
                       optax.sgd(schedule, momentum=config.momentum, nesterov=config.nesterov))
-    multiplier = config.get("head_lr_multiplier", 1.0)
+    multiplier = getattr(config, "head_lr_multiplier", 1.0)  # also plain namespaces (benchmarks/)
     if not frozen and multiplier == 1.0:
         return sgd
 

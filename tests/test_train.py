@@ -416,3 +416,12 @@ def test_freezing_and_the_head_multiplier_shape_the_updates():
     np.testing.assert_allclose(got["fc"]["kernel"], 10 * base["fc"]["kernel"], rtol=1e-6)
     with pytest.raises(train_lib.ConfigError, match=r"freeze: unknown part\(s\) \['stage9'\]"):
         train_lib.frozen_parts(dict_update(c, freeze="stem,stage9"), models.create_model("cifar_resnet20"))
+
+
+def test_the_optimizer_takes_the_plain_defaults_the_benchmarks_use():
+    from types import SimpleNamespace
+
+    from resnet_jax.configs import default
+
+    tx = train_lib.make_optimizer(SimpleNamespace(**default.fields()), lambda s: 0.1)
+    assert tx.init({"w": jnp.ones(2)}) is not None
