@@ -171,9 +171,20 @@ def tfds_source(name: str, split: str, data_dir: str | None = None) -> Source:
     if not builder.is_prepared():
         from resnet_jax import prepare
 
-        where = "" if name in prepare.MANUAL else " (on a machine with internet, or copy a prepared copy there)"
-        raise DataError(f"TFDS dataset {name!r} is not prepared in {builder.data_dir!r}. Prepare it with "
-                        f"`{prepare.command(name)}`{where} and pass --config.data_dir=DATA_DIR")
+        problem = prepare.unreachable(name) if name in prepare.AUTOMATIC else None
+        if name in prepare.AUTOMATIC and problem is None:  # small and downloadable: prepare it now
+            log.info("preparing TFDS dataset %s in %s (download and conversion, once)", name, builder.data_dir)
+            try:
+                prepare.prepare(name, data_dir)
+            except prepare.PrepareError as e:
+                raise DataError(str(e)) from e
+            builder = tfds.builder(name, data_dir=data_dir)
+        else:
+            where = (f" It cannot be downloaded here ({problem}): prepare it on a connected machine with "
+                     if problem else " Prepare it with ")
+            raise DataError(f"TFDS dataset {name!r} is not prepared in {builder.data_dir!r}.{where}"
+                            f"`{prepare.command(name)}`, copy it here and pass --config.data_dir=DATA_DIR, or train "
+                            f"on an image folder (--config.dataset=folder:/path/to/root)")
     try:
         num_examples = builder.info.splits[split].num_examples
     except Exception as e:

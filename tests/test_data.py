@@ -86,9 +86,25 @@ def test_folder_errors_name_the_problem(tmp_path):
         data.get_source(f"folder:{tmp_path}", "train")
 
 
-def test_unprepared_tfds_dataset_says_what_to_do(tmp_path):
-    with pytest.raises(data.DataError, match=r"not prepared.*python -m resnet_jax.prepare cifar10 --data_dir="):
+def test_unprepared_tfds_dataset_says_what_to_do(tmp_path, monkeypatch):
+    from resnet_jax import prepare
+
+    monkeypatch.setattr(prepare, "unreachable", lambda name: "www.cs.toronto.edu is unreachable: offline")
+    with pytest.raises(data.DataError, match=r"not prepared.*cannot be downloaded here \(www.cs.toronto.edu is "
+                                             r"unreachable.*python -m resnet_jax.prepare cifar10 --data_dir="):
         data.get_source("cifar10", "train", data_dir=str(tmp_path))
+    # where the host answers, cifar10 is prepared on first use (here the download itself fails, in one line)
+    calls = []
+
+    def fake_prepare(name, data_dir=None, manual_dir=None):
+        calls.append((name, data_dir))
+        raise prepare.PrepareError(f"downloading {name} failed (ConnectionError: reset)")
+
+    monkeypatch.setattr(prepare, "unreachable", lambda name: None)
+    monkeypatch.setattr(prepare, "prepare", fake_prepare)
+    with pytest.raises(data.DataError, match=r"^downloading cifar10 failed"):
+        data.get_source("cifar10", "train", data_dir=str(tmp_path))
+    assert calls == [("cifar10", str(tmp_path))]
     with pytest.raises(data.DataError, match="manual"):
         data.get_source("imagenet2012", "train", data_dir=str(tmp_path))
 
