@@ -136,6 +136,10 @@ def newest_good_step(mngr: ocp.CheckpointManager) -> int | None:
         log.warning("%s; resuming from step %d, the newest good one (the damaged files are kept in %s)", error,
                     step, aside)
     if damaged:
+        if jax.process_count() > 1:  # every process sees the renamed steps before it reloads
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices("resnet_jax: damaged checkpoints set aside")
         mngr.reload()
     return step
 
