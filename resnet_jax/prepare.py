@@ -1,5 +1,6 @@
-"""Prepare a TFDS dataset for train.py and evaluate.py, through TFDS's Python API (``tfds build`` needs
-apache_beam, which the pinned requirements leave out).
+"""Prepare a TFDS dataset for train.py and evaluate.py (imagenet2012 from the ILSVRC-2012 tar archives).
+
+This goes through TFDS's Python API: ``tfds build`` needs apache_beam, which the pinned requirements leave out.
 
     python -m resnet_jax.prepare imagenet2012 --manual_dir=DIR [--data_dir=DIR]
     python -m resnet_jax.prepare cifar10 [--data_dir=DIR]          # downloads (needs internet)
