@@ -50,17 +50,19 @@ def classify(clf, files) -> list[str]:
     return errors
 
 
-def write_features(args, clf, source, model, variables, pre, cifar) -> int:
+def write_features(args, clf, source) -> int:
     """Embeddings (N, D) and labels (N,) of every example of the split, in the split's order, to an .npz."""
     import numpy as np
     from tqdm import tqdm
 
     from resnet_jax import data, evaluation
 
-    batches = data.eval_batches(source, args.batch_size, "cifar" if cifar else "center", pre["image_size"],
-                                pre.get("resize_size"), process_index=0, process_count=1)
+    pre = clf.info["preprocessing"]
+    view = "cifar" if clf.preset == "cifar" else "center"
+    batches = data.eval_batches(source, args.batch_size, view, pre["image_size"], pre.get("resize_size"),
+                                process_index=0, process_count=1)
     with tqdm(total=source.num_examples, desc="features", unit="img") as bar:
-        embeddings, labels = evaluation.extract_features(model, variables, batches, clf.mean, clf.std, bar)
+        embeddings, labels = evaluation.extract_features(clf.model, clf.variables, batches, clf.mean, clf.std, bar)
     np.savez(args.features, embeddings=embeddings, labels=labels, class_names=np.array(clf.class_names))
     print(f"wrote {len(labels)} embeddings of dimension {embeddings.shape[1]} to {args.features}")
     return 0
@@ -100,7 +102,7 @@ def main(argv=None) -> int:
     except data.DataError as e:
         sys.exit(f"error: {e}")
     if args.features:
-        return write_features(args, clf, source, model, variables, pre, cifar)
+        return write_features(args, clf, source)
     mesh = train_lib.make_mesh()
     replicated = jax.device_put(variables, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
     results = []
