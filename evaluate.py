@@ -98,7 +98,7 @@ def main(argv=None) -> int:
                      f"classifies whole {pre['image_size']}x{pre['image_size']} images: use --crops=center")
         modes = ["center"]
     try:
-        source = data.get_source(dataset, split, args.data_dir or ds.get("data_dir"))
+        source = data.get_source(dataset, split, args.data_dir or ds.get("data_dir"), image_size=pre["image_size"])
     except data.DataError as e:
         sys.exit(f"error: {e}")
     if args.features:

@@ -5,7 +5,9 @@
 
 ``--reference`` names a checkout of google/flax's examples/imagenet: its own ``train_step`` and ``ResNet50``
 are imported from there (nothing is copied here) and timed in the same process, the two steps taking turns.
-``--conv_impl`` takes a comma-separated list: each implementation is timed as its own runner. ``--torch``
+``--conv_impl`` takes a comma-separated list: each implementation is timed as its own runner. ``--loops=1,10``
+also times train.py's loop (``make_train_loop``) running that many steps per call (one runner each; images/s
+per step). ``--torch``
 times the same network (resnet_jax.torch_models, fp32, NCHW) with PyTorch's SGD step on this machine's
 threads, also in the same process.
 Reported: images/s (median over steps), step time, compile time, training FLOPs per image (6 x the
@@ -47,7 +49,9 @@ def timed(fn, *args):
     return out, time.perf_counter() - start
 
 
-def ours(args, conv_impl: str):
+def ours(args, conv_impl: str, loop: int = 0):
+    """Our step (``loop=0``), or ``loop`` steps per call of train.py's loop; returns (run, compile seconds,
+    training FLOPs per image, steps per call)."""
     config = SimpleNamespace(**dict(default.fields(), model=args.model, batch_size=args.batch_size,
                                     dtype=args.dtype, scan=args.scan, remat=args.remat))
     model = models.create_model(args.model, num_classes=args.num_classes, conv_impl=conv_impl,
@@ -69,18 +73,25 @@ def ours(args, conv_impl: str):
                                          put(rng.integers(0, args.num_classes, n).astype(np.int32)),
                                          args.batch_size, seed=0)
         batch = dataset.arrays
-    step = train_lib.make_train_step(model, tx, mesh, data.IMAGENET_MEAN, data.IMAGENET_STD, args.num_classes,
-                                     schedule=schedule, dataset=dataset)
+    common_args = (model, tx, mesh, data.IMAGENET_MEAN, data.IMAGENET_STD, args.num_classes)
+    if loop:
+        step = train_lib.make_train_loop(*common_args, schedule=schedule, dataset=dataset, steps_per_loop=loop)
+        if dataset is None:  # the same batch, ``loop`` times
+            batch = jax.tree.map(lambda a: jnp.stack([a] * loop), batch)
+        args_ = (state, batch, np.int32(loop))
+    else:
+        step = train_lib.make_train_step(*common_args, schedule=schedule, dataset=dataset)
+        args_ = (state, batch)
     start = time.perf_counter()
-    compiled = step.lower(state, batch).compile()
+    compiled = step.lower(*args_).compile()
     compile_seconds = time.perf_counter() - start
     holder = {"state": state}
 
     def run():
-        holder["state"], metrics = compiled(holder["state"], batch)
+        holder["state"], metrics = compiled(holder["state"], *args_[1:])
         return metrics
 
-    return run, compile_seconds, flops_per_image(model, args.image_size)
+    return run, compile_seconds, flops_per_image(model, args.image_size), max(loop, 1)
 
 
 def pytorch(args):
@@ -105,7 +116,7 @@ def pytorch(args):
         opt.step()
         return loss.item()
 
-    return run, 0.0, float("nan")
+    return run, 0.0, float("nan"), 1
 
 
 def reference(args):
@@ -156,7 +167,7 @@ def reference(args):
         holder["state"], metrics = p_step(holder["state"], batch)
         return metrics
 
-    return run, compile_seconds, float("nan")
+    return run, compile_seconds, float("nan"), 1
 
 
 def main() -> None:
@@ -171,30 +182,33 @@ def main() -> None:
     p.add_argument("--remat", action="store_true")
     p.add_argument("--on_device_data", action="store_true", help="draw batches from a device-resident train set")
     p.add_argument("--conv_impl", default="auto", help="comma-separated: auto, xla, im2col (one runner each)")
+    p.add_argument("--loops", default="", help="comma-separated steps per call of train.py's loop, e.g. 1,10")
     p.add_argument("--torch", action="store_true", help="also time the PyTorch twin of the network (fp32)")
     p.add_argument("--reference", help="path to flax/examples/imagenet (ResNet-50 only)")
     p.add_argument("--output")
     args = p.parse_args()
     impls = args.conv_impl.split(",")
     runners = {("ours" if len(impls) == 1 else f"ours_{impl}"): ours(args, impl) for impl in impls}
+    for k in filter(None, args.loops.split(",")):
+        runners[f"ours_loop{k}"] = ours(args, impls[0], int(k))
     if args.torch:
         runners["torch"] = pytorch(args)
     if args.reference:
         runners["reference"] = reference(args)
     times = {name: [] for name in runners}
-    for run, _, _ in runners.values():
+    for run, *_ in runners.values():
         timed(run)  # warm-up
     for _ in range(args.steps):
-        for name, (run, _, _) in runners.items():
+        for name, (run, *_) in runners.items():
             times[name].append(timed(run)[1])
     device = jax.devices()[0]
     result = dict(model=args.model, batch_size=args.batch_size, image_size=args.image_size, dtype=args.dtype,
                   scan=args.scan, remat=args.remat, on_device_data=args.on_device_data, conv_impl=args.conv_impl,
                   **common.environment())
     prefixes = {name: "" if name == "ours" else f"{name}_" for name in runners}
-    for name, (_, compile_seconds, fpi) in runners.items():
+    for name, (_, compile_seconds, fpi, steps_per_call) in runners.items():
         prefix = prefixes[name]
-        median = statistics.median(times[name])
+        median = statistics.median(times[name]) / steps_per_call
         result.update({f"{prefix}step_seconds_median": median,
                        f"{prefix}images_per_second": args.batch_size / median,
                        f"{prefix}compile_seconds": compile_seconds})

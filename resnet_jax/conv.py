@@ -11,6 +11,11 @@ picks an implementation for its forward pass, its input gradient and its kernel 
 ``impl``: ``"xla"`` (every pass XLA's), ``"im2col"`` (every pass a matmul) or ``"auto"``: on CPUs the rules
 of :func:`cpu_plan`, measured with ``benchmarks/conv_passes.py``; elsewhere XLA's (cuDNN and the TPU
 compiler are right there).
+
+On CPUs, XLA's gradients are written out as forward convolutions in NHWC/HWIO form (:func:`xla_input_grad`,
+:func:`xla_kernel_grad`), bitwise equal to JAX's own. JAX's transposed forms need XLA:CPU to rewrite them into
+that form, which it does not do inside a loop (``lax.scan``/``fori_loop``): there they fall back to a generic
+loop nest 10-60x slower, which would make ``steps_per_loop`` useless on CPUs.
 """
 
 from __future__ import annotations
@@ -53,6 +58,33 @@ def im2col(x: jax.Array, kernel: jax.Array, stride: int, padding: Padding) -> ja
     return lax.dot_general(patches, kernel.reshape(kh * kw * cin, cout), (((3,), (0,)), ((), ())))
 
 
+def xla_input_grad(g: jax.Array, kernel: jax.Array, stride: int, padding: Padding, x_shape: Sequence[int]) -> jax.Array:
+    """The input gradient of :func:`xla` as a forward convolution: the output gradient dilated by the stride,
+    against the flipped kernel with input and output channels swapped."""
+    kh, kw = kernel.shape[:2]
+    (top, _), (left, _) = padding
+    lo_h, lo_w = kh - 1 - top, kw - 1 - left
+    hi_h = x_shape[1] + kh - 1 - lo_h - ((g.shape[1] - 1) * stride + 1)
+    hi_w = x_shape[2] + kw - 1 - lo_w - ((g.shape[2] - 1) * stride + 1)
+    flipped = jnp.flip(kernel, (0, 1)).transpose(0, 1, 3, 2)
+    return lax.conv_general_dilated(g, flipped, (1, 1), ((lo_h, hi_h), (lo_w, hi_w)), lhs_dilation=(stride, stride),
+                                    dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+def xla_kernel_grad(x: jax.Array, g: jax.Array, stride: int, padding: Padding,
+                    kernel_shape: Sequence[int]) -> jax.Array:
+    """The kernel gradient of :func:`xla` as a forward convolution: input channels as the batch, the batch as
+    the features, and the output gradient (dilated by the stride) as the kernel."""
+    kh, kw = kernel_shape[:2]
+    (top, _), (left, _) = padding
+    hi_h = kh + (g.shape[1] - 1) * stride - x.shape[1] - top
+    hi_w = kw + (g.shape[2] - 1) * stride - x.shape[2] - left
+    out = lax.conv_general_dilated(x.transpose(3, 1, 2, 0), g.transpose(1, 2, 0, 3), (1, 1),
+                                   ((top, hi_h), (left, hi_w)), rhs_dilation=(stride, stride),
+                                   dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return out.transpose(1, 2, 0, 3)
+
+
 IMPLEMENTATIONS = {"xla": xla, "im2col": im2col}
 
 
@@ -68,8 +100,14 @@ def _forward(x, kernel, stride, padding, plan):
 
 def _backward(stride, padding, plan, residuals, g):
     x, kernel = residuals
-    dx = jax.vjp(lambda x: IMPLEMENTATIONS[plan.input_grad](x, kernel, stride, padding), x)[1](g)[0]
-    dk = jax.vjp(lambda k: IMPLEMENTATIONS[plan.kernel_grad](x, k, stride, padding), kernel)[1](g)[0]
+    if plan.input_grad == "xla":
+        dx = xla_input_grad(g, kernel, stride, padding, x.shape)
+    else:
+        dx = jax.vjp(lambda x: im2col(x, kernel, stride, padding), x)[1](g)[0]
+    if plan.kernel_grad == "xla":
+        dk = xla_kernel_grad(x, g, stride, padding, kernel.shape)
+    else:
+        dk = jax.vjp(lambda k: im2col(x, k, stride, padding), kernel)[1](g)[0]
     return dx, dk
 
 
@@ -101,15 +139,15 @@ def cpu_plan(shape: Sequence[int], kernel_shape: Sequence[int], stride: int) -> 
 
 
 def plan_for(impl: str, shape: Sequence[int], kernel_shape: Sequence[int], stride: int) -> Plan | None:
-    """The plan of one convolution (None: plain XLA, no custom gradient)."""
+    """The plan of one convolution (None: plain XLA with JAX's gradients, as off CPUs)."""
     if impl not in IMPLS:
         raise ValueError(f"conv_impl must be one of {IMPLS}, got {impl!r}")
+    cpu = jax.default_backend() == "cpu"
     if impl == "auto":
-        if jax.default_backend() != "cpu":
-            return None
-        plan = cpu_plan(shape, kernel_shape, stride)
-        return None if plan == Plan("xla", "xla", "xla") else plan
-    return None if impl == "xla" else Plan(impl, impl, impl)
+        return cpu_plan(shape, kernel_shape, stride) if cpu else None
+    if impl == "xla":
+        return Plan("xla", "xla", "xla") if cpu else None  # on CPUs, gradients that stay fast inside loops
+    return Plan(impl, impl, impl)
 
 
 def traced_convolutions(fn: Any, *args: Any) -> list[tuple[tuple[int, ...], tuple[int, ...], int, Padding]]:

@@ -65,6 +65,7 @@ class Source:
     labels: np.ndarray | None = None
     tfds_builder: Any = None  # TFDS: read as a stream of records
     tfds_split: str | None = None
+    arrays: tuple[np.ndarray, np.ndarray] | None = None  # synthetic: uint8 images and labels, in memory
 
     def epoch(self, seed: int, epoch: int, shuffle: bool) -> Any:
         """tf.data of (encoded bytes, label) in this epoch's order (a pure function of seed and epoch)."""
@@ -193,11 +194,33 @@ def tfds_source(name: str, split: str, data_dir: str | None = None) -> Source:
                   tfds_builder=builder, tfds_split=split)
 
 
+SYNTHETIC_SPLITS = {"train": 8192, "validation": 1024, "test": 1024}
+
+
+def synthetic_source(dataset: str, split: str, image_size: int) -> Source:
+    """``synthetic`` (1000 classes) or ``synthetic:C``: random uint8 images of ``image_size`` and random labels,
+    the same for every run, to measure training speed without a dataset (``on_device_data``)."""
+    classes = dataset.split(":", 1)[1] if ":" in dataset else "1000"
+    if not classes.isdigit() or int(classes) < 1:
+        raise DataError(f"dataset {dataset!r}: the class count after 'synthetic:' must be a positive integer")
+    if split not in SYNTHETIC_SPLITS:
+        raise DataError(f"synthetic data has no split {split!r}; splits: {list(SYNTHETIC_SPLITS)}")
+    n = SYNTHETIC_SPLITS[split]
+    rng = np.random.default_rng(list(split.encode()))
+    images = rng.integers(0, 256, (n, image_size, image_size, 3), dtype=np.uint8)
+    labels = rng.integers(0, int(classes), n).astype(np.int32)
+    return Source(dataset, split, n, [f"class_{i}" for i in range(int(classes))], labels=labels,
+                  arrays=(images, labels))
+
+
 def get_source(dataset: str, split: str, data_dir: str | None = None, on_bad_file: str = "warn",
-               verify: bool = False) -> Source:
-    """``dataset`` is ``"folder:/path/to/root"`` or a TFDS name (``on_bad_file`` and ``verify``: folders only)."""
+               verify: bool = False, image_size: int = 224) -> Source:
+    """``dataset`` is ``"folder:/path/to/root"``, ``"synthetic[:CLASSES]"`` (images of ``image_size``) or a TFDS
+    name (``on_bad_file`` and ``verify``: folders only)."""
     if dataset.startswith("folder:"):
         return folder_source(dataset[len("folder:"):], split, on_bad_file, verify)
+    if dataset == "synthetic" or dataset.startswith("synthetic:"):
+        return synthetic_source(dataset, split, image_size)
     return tfds_source(dataset, split, data_dir)
 
 
@@ -381,6 +404,11 @@ def eval_batches(source: Source, batch_size: int, preset: str, image_size: int, 
     if source.paths is not None and preset == "cifar":
         yield from _folder_eval_batches(source, batch_size, image_size, process_index, process_count)
         return
+    if source.arrays is not None:
+        if preset not in ("cifar", "center"):
+            raise DataError(f"{source.name} images are served as they are: no {preset!r} views")
+        yield from array_batches(*source.arrays, batch_size, process_index, process_count)
+        return
     tf = _tf()
     n = source.num_examples
     pad = math.ceil(n / batch_size) * batch_size - n
@@ -485,6 +513,9 @@ def decode_files(paths: Sequence[str], image_size: int | None = None) -> np.ndar
 def _chunks(source: Source, size: int = 4096) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """A whole split in order, decoded (accurate IDCT) in chunks of (uint8 images, labels); TensorFlow only
     for TFDS datasets."""
+    if source.arrays is not None:
+        yield source.arrays
+        return
     if source.paths is not None:
         for start in range(0, source.num_examples, size):
             yield decode_files(source.paths[start:start + size]), source.labels[start:start + size]

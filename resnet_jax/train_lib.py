@@ -11,7 +11,6 @@ from __future__ import annotations
 import collections
 import dataclasses
 import functools
-import itertools
 import logging
 import os
 import re
@@ -199,6 +198,39 @@ def make_train_step(model: models.ResNet, tx: optax.GradientTransformation, mesh
     With ``dataset`` (on-device data), ``batch`` is the whole device-resident train set
     (``dataset.arrays``) and the step draws its own augmented batch from it.
     """
+    return jax.jit(_step(model, tx, mesh, mean, std, num_classes, label_smoothing, schedule, dataset),
+                   donate_argnums=0)
+
+
+def make_train_loop(model: models.ResNet, tx: optax.GradientTransformation, mesh: jax.sharding.Mesh, mean: Any,
+                    std: Any, num_classes: int, label_smoothing: float = 0.0, schedule: optax.Schedule | None = None,
+                    dataset: OnDeviceData | None = None, steps_per_loop: int = 1):
+    """Up to ``steps_per_loop`` (K) train steps in one jit-compiled, donated call ``(state, batches, n) -> (state,
+    metrics)``, which runs the first ``n`` (1 <= n <= K) steps of ``make_train_step`` in a loop on the device.
+
+    ``batches`` holds K batches stacked on a leading axis (``stack_batches``), or is the train set with ``dataset``;
+    every metric comes back as a (K,) array, the first ``n`` entries filled. ``n`` is an argument, not a constant,
+    so one compiled program serves loops of every length (cut short at the steps that log, evaluate or save). On
+    CPUs the parameters come out bitwise the same as from single steps (tested; see ``conv`` for what that needs).
+    """
+    step = _step(model, tx, mesh, mean, std, num_classes, label_smoothing, schedule, dataset)
+
+    def loop(state, batches, n):
+        def one(i, carry):
+            state, metrics = carry
+            state, values = step(state, batches if dataset is not None else jax.tree.map(lambda a: a[i], batches))
+            return state, jax.tree.map(lambda buffer, value: buffer.at[i].set(value), metrics, values)
+
+        first = batches if dataset is not None else jax.tree.map(lambda a: a[0], batches)
+        shapes = jax.eval_shape(step, state, first)[1]
+        metrics = jax.tree.map(lambda s: jnp.zeros((steps_per_loop, *s.shape), s.dtype), shapes)
+        return jax.lax.fori_loop(0, n, one, (state, metrics))
+
+    return jax.jit(loop, donate_argnums=0)
+
+
+def _step(model, tx, mesh, mean, std, num_classes, label_smoothing, schedule, dataset):
+    """The train step of ``make_train_step``, not yet jit-compiled."""
 
     def local_step(state: TrainState, images, labels):
         def loss_fn(params):
@@ -207,7 +239,10 @@ def make_train_step(model: models.ResNet, tx: optax.GradientTransformation, mesh
             targets = optax.smooth_labels(jax.nn.one_hot(labels, num_classes), label_smoothing)
             return optax.softmax_cross_entropy(logits, targets).mean(), (logits, updates["batch_stats"])
 
-        (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        # Each device differentiates its own loss (parameters cast to device-varying; otherwise the transpose of
+        # their implicit broadcast would already sum the gradients over devices), then the mean is taken.
+        local_params = jax.lax.pcast(state.params, AXIS, to="varying")
+        (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(local_params)
         grads, loss, batch_stats = jax.lax.pmean((grads, loss, batch_stats), AXIS)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
@@ -225,7 +260,17 @@ def make_train_step(model: models.ResNet, tx: optax.GradientTransformation, mesh
             batch = jax.lax.with_sharding_constraint(dataset.draw(batch, state.step), batch_sharding)
         return sharded(state, batch["image"], batch["label"])
 
-    return jax.jit(step, donate_argnums=0)
+    return step
+
+
+def stack_batches(batches: list[dict[str, np.ndarray]], mesh: jax.sharding.Mesh, length: int) -> dict[str, jax.Array]:
+    """This process's slices of up to ``length`` consecutive batches -> global arrays of shape (length, global
+    batch, ...) for ``make_train_loop``, sharded along the batch axis (one transfer per field). Fewer batches are
+    padded with copies of the last one, which the loop does not use."""
+    sharding = NamedSharding(mesh, P(None, AXIS))
+    padded = batches + batches[-1:] * (length - len(batches))
+    return {k: jax.make_array_from_process_local_data(sharding, np.stack([b[k] for b in padded]))
+            for k in batches[0]}
 
 
 @dataclasses.dataclass
@@ -292,7 +337,7 @@ class Run:
 
 
 POSITIVE = ("batch_size", "eval_batch_size", "num_train_steps", "eval_every_steps", "checkpoint_every_steps",
-            "log_every_steps", "keep_checkpoints")
+            "log_every_steps", "keep_checkpoints", "steps_per_loop")
 REQUIRED = ("model", "dataset", "batch_size", "num_train_steps", "eval_every_steps", "checkpoint_every_steps",
             "log_every_steps", "seed", "dtype")
 
@@ -328,8 +373,11 @@ def prepare(config: ml_collections.ConfigDict, workdir: str, mngr=None) -> Run:
         raise ConfigError(f"conv_impl must be one of {conv.IMPLS}, got {config.conv_impl!r}")
     profile_steps(config)
     verify = config.get("verify_images", False)
-    train_source = data.get_source(config.dataset, config.train_split, config.data_dir, verify=verify)
-    eval_source = data.get_source(config.dataset, config.eval_split, config.data_dir, verify=verify)
+    if config.dataset.startswith("synthetic") and not config.on_device_data:
+        raise ConfigError("synthetic data is generated in memory for on_device_data=True runs; set it")
+    train_source, eval_source = (data.get_source(config.dataset, split, config.data_dir, verify=verify,
+                                                 image_size=config.image_size)
+                                 for split in (config.train_split, config.eval_split))
     if train_source.num_examples < config.batch_size:
         raise ConfigError(f"{config.dataset}:{config.train_split} has {train_source.num_examples} examples, "
                           f"fewer than batch_size {config.batch_size}")
@@ -415,13 +463,26 @@ class Preempted(Exception):
 
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
-MAX_STEPS_IN_FLIGHT = 2  # dispatched but not finished: enough to keep an accelerator busy, and a prompt stop
+MAX_CALLS_IN_FLIGHT = 2  # dispatched but not finished: enough to keep an accelerator busy, and a prompt stop
+
+
+def loop_lengths(config: ml_collections.ConfigDict, start: int) -> Iterator[int]:
+    """How many steps each train call runs, from ``start`` to the end: ``steps_per_loop``, or fewer to stop at the
+    next step that logs, evaluates, checkpoints, starts or stops a profile, or ends the run."""
+    k, step, total = config.get("steps_per_loop", 1), start, config.num_train_steps
+    every = [config[key] for key in ("log_every_steps", "eval_every_steps", "checkpoint_every_steps")]
+    marks = profile_steps(config) or ()
+    while step < total:
+        stop = min([total, *((step // e + 1) * e for e in every), *(m for m in marks if m > step)])
+        yield min(k, stop - step)
+        step += min(k, stop - step)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        on_step: Callable[[int], None] | None = None) -> dict:
     """Train (resuming from the latest checkpoint in ``workdir``), evaluate and checkpoint; returns the
-    last logged metrics. ``on_step(step)`` is called after every step (e.g. for a study-wide progress bar)."""
+    last logged metrics. ``on_step(step)`` is called after every train call (every step, or every loop of
+    ``steps_per_loop`` steps; e.g. for a study-wide progress bar)."""
     from resnet_jax import logger  # matplotlib, tqdm, tensorboardX: only the CLI path needs them
 
     # A start that fails (bad config, unprepared dataset) writes nothing: the workdir and its checkpoint
@@ -457,10 +518,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     dataset = None
     if run.arrays:
         dataset = on_device_data(*run.arrays["train"], config.batch_size, config.seed, mesh)
-    train_step = make_train_step(run.model, tx, mesh, run.mean, run.std, run.model.num_classes,
-                                 config.label_smoothing, schedule, dataset)
+    steps_per_loop = config.get("steps_per_loop", 1)
+    step_args = (run.model, tx, mesh, run.mean, run.std, run.model.num_classes, config.label_smoothing, schedule,
+                 dataset)
+    if steps_per_loop > 1:  # one call runs up to steps_per_loop steps (bitwise the same training)
+        train_loop = make_train_loop(*step_args, steps_per_loop)
+    else:
+        train_step = make_train_step(*step_args)
     eval_step = evaluation.make_eval_step(run.model, run.mean, run.std)
-    batches = itertools.repeat(dataset.arrays) if dataset is not None else train_iterator(run, start, mesh)
+    host_batches = None if dataset is not None else train_iterator(run, start)
 
     stop = {"signal": None}
     previous = {sig: signal.signal(sig, lambda signum, _: stop.update(signal=signum)) for sig in STOP_SIGNALS}
@@ -472,20 +538,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         a non-finite loss."""
         if not pending:
             return None
-        fetched = jax.device_get([m for _, m in pending])
-        steps = [s for s, _ in pending]
+        fetched = jax.device_get([m for _, _, m in pending])  # per call: scalars, or (steps_per_loop,) arrays
+        per_step = {k: np.concatenate([np.reshape(m[k], -1)[:n] for (_, n, _), m in zip(pending, fetched)])
+                    for k in fetched[0]}
+        steps = np.concatenate([np.arange(last - n + 1, last + 1) for last, n, _ in pending])
         if not keep:
             pending.clear()
-        for s, m in zip(steps, fetched):
-            if not np.isfinite(m["loss"]):
-                good = mngr.latest_step()
-                where = (f"The last good checkpoint is step {good} in {checkpoint.checkpoint_dir(workdir)}"
-                         if good is not None else "No checkpoint had been saved yet")
-                raise FloatingPointError(f"non-finite loss {m['loss']} at step {s}; stopping. {where}")
-        count = sum(float(m["count"]) for m in fetched)
-        return {"train_loss": float(np.mean([m["loss"] for m in fetched])),
-                "train_error": 100.0 * sum(float(m["errors"]) for m in fetched) / count,
-                "learning_rate": float(fetched[-1]["learning_rate"])}
+        bad = np.flatnonzero(~np.isfinite(per_step["loss"]))
+        if bad.size:
+            mngr.wait_until_finished()  # a save still being written counts
+            good = mngr.latest_step()
+            where = (f"The last good checkpoint is step {good} in {checkpoint.checkpoint_dir(workdir)}"
+                     if good is not None else "No checkpoint had been saved yet")
+            raise FloatingPointError(f"non-finite loss {per_step['loss'][bad[0]]} at step {steps[bad[0]]}; "
+                                     f"stopping. {where}")
+        return {"train_loss": float(np.mean(per_step["loss"])),
+                "train_error": 100.0 * float(per_step["errors"].sum()) / float(per_step["count"].sum()),
+                "learning_rate": float(per_step["learning_rate"][-1])}
 
     def save(step: int, metrics: dict | None) -> None:
         flush(keep=True)  # never save a step after a non-finite loss
@@ -501,26 +570,32 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     profile = profile_steps(config)
     tracing = False
     try:
-        while step < config.num_train_steps:
+        for n in loop_lengths(config, start):
             if profile and step == profile[0] and jax.process_index() == 0:
                 jax.profiler.start_trace(os.path.join(workdir, "profile"), create_perfetto_trace=True)
                 tracing = True
-            try:
-                batch = next(batches)
-            except Exception as e:  # an image the pipeline cannot decode: keep the trained steps, then name it
-                raise data_failure(run, run.train_source, e, step, save, mngr, train_batch=True) from e
-            state, metrics = train_step(state, batch)
-            step += 1
-            pending.append((step, metrics))
-            in_flight.append(metrics["loss"])
-            while in_flight and (len(in_flight) > MAX_STEPS_IN_FLIGHT or step == config.num_train_steps):
-                in_flight.popleft().block_until_ready()  # the host waits for the device: honest rates, prompt stops
+            if dataset is not None:
+                batch = dataset.arrays  # the step draws its own batches
+            else:
+                local: list[dict] = []
+                try:
+                    local.extend(next(host_batches) for _ in range(n))
+                except Exception as e:  # an image the pipeline cannot decode: keep the trained steps, then name it
+                    raise data_failure(run, run.train_source, e, step, save, mngr, step + len(local)) from e
+                batch = (stack_batches(local, mesh, steps_per_loop) if steps_per_loop > 1 else
+                         data.to_global(local[0], mesh))
+            state, metrics = train_loop(state, batch, n) if steps_per_loop > 1 else train_step(state, batch)
+            step += n
+            pending.append((step, n, metrics))
+            in_flight.append((n, metrics["loss"]))
+            while in_flight and (len(in_flight) > MAX_CALLS_IN_FLIGHT or step == config.num_train_steps):
+                in_flight.popleft()[1].block_until_ready()  # the host waits for the device: honest rates, prompt stops
             if tracing and step == profile[1]:
                 jax.block_until_ready(state)
                 jax.profiler.stop_trace()
                 tracing = False
                 log.info("wrote a profile of steps %d-%d to %s", profile[0] + 1, step, os.path.join(workdir, "profile"))
-            out.tick(step - len(in_flight))
+            out.tick(step - sum(k for k, _ in in_flight))
             if on_step is not None:
                 on_step(step)
             done = step == config.num_train_steps
@@ -558,10 +633,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
 
 def data_failure(run: Run, source: data.Source, error: Exception, step: int, save: Callable, mngr: Any,
-                 train_batch: bool = False) -> Exception:
-    """After the input pipeline failed at ``step``: save that step (unless it is saved or nothing was trained), then
-    a DataError naming the unreadable file(s) of an image folder: those of the failing training batch (the order
-    is a pure function of seed and epoch) or, for evaluation, of the whole split. Other errors pass through."""
+                 batch_step: int | None = None) -> Exception:
+    """After the input pipeline failed with ``step`` steps trained: save that step (unless it is saved or nothing
+    was trained), then a DataError naming the unreadable file(s) of an image folder: those of the training batch of
+    ``batch_step`` that failed (the order is a pure function of seed and epoch) or, for evaluation (None), of the
+    whole split. Other errors pass through."""
     if not _is_data_error(error):
         return error
     if step > (run.meta.get("step") or 0) and step not in mngr.all_steps():
@@ -571,9 +647,9 @@ def data_failure(run: Run, source: data.Source, error: Exception, step: int, sav
     where = f"{source.name}:{source.split}"
     if source.paths is not None:
         paths = source.paths
-        if train_batch:
+        if batch_step is not None:
             config = run.config
-            epoch, position = divmod(step, run.steps_per_epoch)
+            epoch, position = divmod(batch_step, run.steps_per_epoch)
             order = np.random.default_rng([config.seed, epoch]).permutation(source.num_examples)
             # the failing batch, and those the pipeline may have been prefetching after it
             paths = source.paths[order[position * config.batch_size:(position + 9) * config.batch_size]]
@@ -591,11 +667,11 @@ def _is_data_error(error: Exception) -> bool:
     return isinstance(error, data.DataError) or type(error).__module__.startswith("tensorflow")
 
 
-def train_iterator(run: Run, start_step: int, mesh: jax.sharding.Mesh) -> Iterator[dict[str, jax.Array]]:
-    """Global training batches from ``start_step`` on, from the host pipeline, sharded onto ``mesh``."""
+def train_iterator(run: Run, start_step: int) -> Iterator[dict[str, np.ndarray]]:
+    """This process's slices of the training batches from ``start_step`` on, from the host pipeline."""
     config = run.config
     for batch in data.train_batches(run.train_source, config.batch_size, config.train_preset, config.image_size,
                                     seed=config.seed, start_step=start_step):
         batch.pop("mask")
-        yield data.to_global(batch, mesh)
+        yield batch
 

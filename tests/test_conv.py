@@ -63,14 +63,37 @@ def test_every_registry_convolution_matches_xla_in_every_pass(shape, kernel, str
 
 def test_auto_is_xla_off_cpu_and_planned_on_cpu(monkeypatch):
     assert conv.plan_for("auto", (8, 2, 2, 512), (3, 3, 512, 512), 1) == conv.Plan("im2col", "im2col", "im2col")
-    assert conv.plan_for("xla", (8, 2, 2, 512), (3, 3, 512, 512), 1) is None
-    assert conv.plan_for("auto", (8, 32, 32, 16), (3, 3, 16, 16), 1) is None  # XLA's in every pass
+    everywhere_xla = conv.Plan("xla", "xla", "xla")  # on CPUs with gradients written as forward convolutions
+    assert conv.plan_for("xla", (8, 2, 2, 512), (3, 3, 512, 512), 1) == everywhere_xla
+    assert conv.plan_for("auto", (8, 32, 32, 16), (3, 3, 16, 16), 1) == everywhere_xla
     monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
     assert conv.plan_for("auto", (8, 2, 2, 512), (3, 3, 512, 512), 1) is None
+    assert conv.plan_for("xla", (8, 2, 2, 512), (3, 3, 512, 512), 1) is None
     with pytest.raises(ValueError, match="conv_impl must be one of"):
         conv.plan_for("winograd", (8, 2, 2, 512), (3, 3, 512, 512), 1)
     with pytest.raises(ValueError, match="conv_impl must be one of"):
         models.create_model("resnet18", conv_impl="fast")
+
+
+@pytest.mark.parametrize("stride,size", [(1, 3), (2, 3), (2, 7), (2, 1)])
+def test_xla_gradients_stay_in_xla_cpu_fast_form_inside_a_loop(stride, size):
+    """XLA:CPU leaves JAX's transposed gradient convolutions alone inside a while loop and runs them 10-60x
+    slower; the written-out gradients are forward NHWC/HWIO convolutions there too, and equal JAX's bitwise."""
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=(4, 16, 16, 8)), jnp.float32)
+    kernel = jnp.asarray(rng.normal(size=(size, size, 8, 16)), jnp.float32)
+    pad = ((size // 2, size // 2),) * 2
+    plan = conv.Plan("xla", "xla", "xla")
+
+    def grads(x, kernel):
+        return jax.grad(lambda x, k: jnp.sum(jnp.sin(conv.planned_conv(x, k, stride, pad, plan))), (0, 1))(x, kernel)
+
+    reference = jax.grad(lambda x, k: jnp.sum(jnp.sin(conv.xla(x, k, stride, pad))), (0, 1))(x, kernel)
+    jax.tree.map(np.testing.assert_array_equal, jax.jit(grads)(x, kernel), reference)
+    looped = jax.jit(lambda x, k, n: jax.lax.fori_loop(0, n, lambda i, c: grads(x, k + c[1] * 0), (x, k)))
+    text = looped.lower(x, kernel, 2).compile().as_text()
+    labels = {line.split("dim_labels=")[1].split(",")[0] for line in text.splitlines() if " convolution(" in line}
+    assert labels == {"b01f_01io->b01f"}, labels
 
 
 @pytest.mark.parametrize("name,scan,impls", [("resnet18", False, ("auto", "im2col")), ("resnet18", True, ("im2col",))])

@@ -14,6 +14,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from PIL import Image
 
@@ -111,6 +112,36 @@ def test_batch_norm_statistics_per_device_or_synchronised(sync):
     assert new.params["fc"]["kernel"].sharding.is_fully_replicated
 
 
+@pytest.mark.parametrize("sync", [False, True])
+def test_gradients_are_the_mean_over_devices_not_the_sum(sync):
+    """4 devices x 2 examples step like the mean of the 4 devices' own gradients (with global BN statistics: like
+    one device on all 8): the learning rate does not grow with the device count."""
+    model = models.ResNet(stage_sizes=(1,), widths=(4,), stem="cifar", num_classes=3)
+    plain = model
+    if sync:
+        model = model.clone(bn_axis_name=train_lib.AXIS)
+    tx = optax.sgd(1.0)  # new params = params - gradient
+    mesh = train_lib.make_mesh()
+    state = train_lib.create_train_state(model, tx, 8, 0, mesh)
+    images = np.random.default_rng(0).integers(0, 256, (8, 8, 8, 3), dtype=np.uint8)
+    labels = np.arange(8, dtype=np.int32) % 3
+    variables = jax.device_get(state.variables)
+    step = train_lib.make_train_step(model, tx, mesh, 0.0, 255.0, 3)
+    new, _ = step(state, data.to_global({"image": images, "label": labels}, mesh))
+
+    def grad(x, y):
+        def loss(params):
+            logits = plain.apply(dict(variables, params=params), x / 255.0, train=True, mutable=["batch_stats"])[0]
+            return optax.softmax_cross_entropy(logits, jax.nn.one_hot(y, 3)).mean()
+        return jax.grad(loss)(variables["params"])
+
+    expected = (grad(images, labels) if sync else
+                jax.tree.map(lambda *g: sum(g) / 4, *[grad(images[2 * d:2 * d + 2], labels[2 * d:2 * d + 2])
+                                                      for d in range(4)]))
+    got = jax.tree.map(lambda before, after: before - after, variables["params"], jax.device_get(new.params))
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), got, expected)
+
+
 # ---------------------------------------------------------------------------------------- in-process run
 
 
@@ -152,14 +183,19 @@ def test_bad_configs_fail_before_compiling(tiny, tmp_path):
 
 
 def test_nan_loss_stops_with_the_step_and_keeps_the_good_checkpoint(tiny, tmp_path):
-    c = tiny_config(tiny, num_train_steps=12, learning_rate=1e12, checkpoint_every_steps=1, log_every_steps=100,
-                    eval_every_steps=100)
-    with pytest.raises(FloatingPointError, match=r"non-finite loss .* at step (\d+).*last good checkpoint is step"):
-        train_lib.train_and_evaluate(c, str(tmp_path / "nan"))
-    mngr = checkpoint.manager(str(tmp_path / "nan"))
-    for step in mngr.all_steps():
-        _, variables, _ = checkpoint.load_checkpoint(str(tmp_path / "nan"), step)
-        assert all(np.isfinite(x).all() for x in jax.tree.leaves(variables))
+    reported = []
+    for k, every in ((1, 1), (4, 4)):  # one step per call, saving each; 4 per call, saving between loops
+        c = tiny_config(tiny, num_train_steps=12, learning_rate=1e12, checkpoint_every_steps=every,
+                        log_every_steps=100, eval_every_steps=100, steps_per_loop=k)
+        workdir = tmp_path / f"nan{k}"
+        with pytest.raises(FloatingPointError, match=r"non-finite loss .* at step \d+; stopping\. (The last good "
+                                                     r"checkpoint is step \d+|No checkpoint had been saved)") as e:
+            train_lib.train_and_evaluate(c, str(workdir))
+        reported.append(e.value.args[0].split(" at step ")[1].split(";")[0])
+        for step in checkpoint.manager(str(workdir)).all_steps():
+            _, variables, _ = checkpoint.load_checkpoint(str(workdir), step)
+            assert all(np.isfinite(x).all() for x in jax.tree.leaves(variables))
+    assert reported[0] == reported[1]  # the exact step, also from inside a loop
 
 
 # --------------------------------------------------------------------------------------- processes
@@ -209,6 +245,24 @@ def test_kill_9_and_resume_is_bitwise_identical(tiny, tmp_path, reference_run):
     jax.tree.map(np.testing.assert_array_equal, final_params(workdir), reference_run)
 
 
+def test_steps_per_loop_trains_bitwise_like_single_steps(tiny, tmp_path, reference_run):
+    workdir = tmp_path / "looped"  # 4 steps per call; logs every 4 steps, checkpoints every 8
+    cmd, env = cli(workdir, tiny, 16, "--config.steps_per_loop=4", "--config.log_every_steps=4",
+                   "--config.checkpoint_every_steps=8", "--config.eval_every_steps=8")
+    subprocess.run(cmd, env=env, check=True, capture_output=True, timeout=300)
+    jax.tree.map(np.testing.assert_array_equal, final_params(workdir), reference_run)
+
+
+def test_loops_stop_at_every_step_that_logs_evaluates_checkpoints_or_profiles():
+    c = cifar10.get_config("cifar_resnet20")
+    c.update(dict(num_train_steps=23, log_every_steps=5, eval_every_steps=10, checkpoint_every_steps=20,
+                  steps_per_loop=4, profile_steps="12:14"))
+    assert list(train_lib.loop_lengths(c, 0)) == [4, 1, 4, 1, 2, 2, 1, 4, 1, 3]
+    assert list(train_lib.loop_lengths(c, 21)) == [2]
+    c.update(dict(steps_per_loop=1))
+    assert list(train_lib.loop_lengths(c, 0)) == [1] * 23
+
+
 @pytest.mark.parametrize("sig,code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_sigterm_and_ctrl_c_save_and_exit_with_a_distinct_code(tiny, tmp_path, sig, code):
     workdir = tmp_path / "preempted"
@@ -226,7 +280,7 @@ def test_sigterm_and_ctrl_c_save_and_exit_with_a_distinct_code(tiny, tmp_path, s
 
 
 def test_a_stop_signal_saves_the_step_it_arrived_in(tiny, tmp_path):
-    """The host runs at most MAX_STEPS_IN_FLIGHT steps ahead of the device, and the step during which the
+    """The host runs at most MAX_CALLS_IN_FLIGHT calls ahead of the device, and the step during which the
     signal arrives is the one saved: the save cannot lag the signal by more than that."""
     sent = {}
 
@@ -240,7 +294,7 @@ def test_a_stop_signal_saves_the_step_it_arrived_in(tiny, tmp_path):
                                                  eval_every_steps=100), str(tmp_path / "run"), on_step=on_step)
     assert e.value.exit_code == 143 and sent == {"step": 5}
     assert checkpoint.manager(str(tmp_path / "run")).all_steps() == [5]
-    assert train_lib.MAX_STEPS_IN_FLIGHT <= 2
+    assert train_lib.MAX_CALLS_IN_FLIGHT <= 2
 
 
 def free_port():
@@ -305,11 +359,32 @@ def test_on_device_training_runs_and_resumes(tiny, tmp_path):
     c = tiny_config(tiny, on_device_data=True, num_train_steps=4, checkpoint_every_steps=2, eval_every_steps=4)
     first = train_lib.train_and_evaluate(c, str(tmp_path / "a"))
     assert first["step"] == 4 and np.isfinite(first["train_loss"])
+    # the step draws its own batches inside a loop too: the same training with 3 steps per call
+    looped = tiny_config(tiny, on_device_data=True, num_train_steps=4, checkpoint_every_steps=3, eval_every_steps=4,
+                         log_every_steps=3, steps_per_loop=3)
+    assert train_lib.train_and_evaluate(looped, str(tmp_path / "looped"))["step"] == 4
+    jax.tree.map(np.testing.assert_array_equal, final_params(tmp_path / "looped"), final_params(tmp_path / "a"))
     with pytest.raises(train_lib.ConfigError, match=r"test holds 16x16 images, but image_size is 8"):
         train_lib.train_and_evaluate(tiny_config(tiny, on_device_data=True, image_size=8, train_split="test"),
                                      str(tmp_path / "c"))
     with pytest.raises(train_lib.ConfigError, match="on_device_data implements the cifar preset"):
         train_lib.prepare(tiny_config(tiny, on_device_data=True, train_preset="inception"), str(tmp_path / "b"))
+
+
+def test_synthetic_data_trains_on_the_device_without_a_dataset(tmp_path):
+    source = data.get_source("synthetic:5", "train", image_size=8)
+    assert source.num_examples == 8192 and source.arrays[0].shape == (8192, 8, 8, 3) and len(source.class_names) == 5
+    np.testing.assert_array_equal(source.arrays[0], data.get_source("synthetic:5", "train", image_size=8).arrays[0])
+    assert source.arrays[1].max() == 4
+    c = tiny_config("unused", dataset="synthetic:5", image_size=8, train_split="train", eval_split="test",
+                    num_train_steps=2, eval_every_steps=2, checkpoint_every_steps=2, eval_batch_size=512)
+    with pytest.raises(train_lib.ConfigError, match="synthetic data is generated in memory for on_device_data"):
+        train_lib.prepare(c, str(tmp_path / "host"))
+    c.on_device_data = True
+    result = train_lib.train_and_evaluate(c, str(tmp_path / "run"))
+    assert result["step"] == 2 and np.isfinite(result["eval_top1_error"])
+    with pytest.raises(data.DataError, match="synthetic data has no split 'val'"):
+        data.get_source("synthetic", "val")
 
 
 def test_cifar_folders_train_and_evaluate_without_tensorflow(tiny, tmp_path):

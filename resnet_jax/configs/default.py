@@ -60,6 +60,7 @@ def fields() -> dict[str, Any]:
     c.checkpoint_every_steps = 2_000
     c.keep_checkpoints = 3
     c.eval_batch_size = 500
+    c.steps_per_loop = 1  # train steps per jitted call (a loop on the device), cut short at log/eval/checkpoint steps
     c.profile_steps = ""  # "START:STOP": a jax.profiler trace of those steps in <workdir>/profile
     return vars(c)
 
