@@ -34,8 +34,9 @@ R50_VARIANTS=${R50_VARIANTS:-"default||;no_command_buffers|--xla_gpu_enable_comm
 IFS=';' read -ra variants <<< "$R50_VARIANTS"
 for variant in "${variants[@]}"; do
   IFS='|' read -r name flags extra <<< "$variant"
-  XLA_FLAGS="${XLA_FLAGS:-} $flags" "$PY" benchmarks/train_step.py --model=resnet50 --dtype=bfloat16 $R50 $extra \
-    --output="$OUT/r50_$name.json" || echo "variant $name failed" | tee "$OUT/r50_$name.failed"
+  all_flags="${XLA_FLAGS:-}${flags:+ $flags}"
+  env ${all_flags:+XLA_FLAGS="$all_flags"} "$PY" benchmarks/train_step.py --model=resnet50 --dtype=bfloat16 $R50 \
+    $extra --output="$OUT/r50_$name.json" || echo "variant $name failed" | tee "$OUT/r50_$name.failed"
 done
 "$PY" benchmarks/train_loop.py --model=resnet50 --dtype=bfloat16 --num_classes=1000 $E2E \
   --output="$OUT/resnet50_train_py.json"

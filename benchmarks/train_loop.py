@@ -7,10 +7,10 @@ Both run on the same synthetic train set kept on the device (``--config.dataset=
 ``on_device_data``, the pad-and-crop augmentation on the device), so no input pipeline is involved. The bare
 step is timed twice: dispatched back to back (the device never waits for the host) and waiting for each step
 (what a loop that syncs every step gets).
-train.py's loop is timed from inside (the ``on_step`` callback) between its first log event and its last step,
+train.py's loop is timed from inside (the ``on_step`` callback) from its first log event to its last step,
 so compilation and the final evaluation and checkpoint are left out, while the log events in between (metric
 fetches, metrics.jsonl, TensorBoard, the progress bar) count. ``--loops`` runs it once per ``steps_per_loop``.
-``--profile`` adds the host functions that took the most time in the first loop run (cProfile).
+``--profile`` adds the host functions that took the most time in the timed part of the first loop run (cProfile).
 """
 
 import argparse
@@ -32,6 +32,7 @@ def config_for(args, steps_per_loop: int):
     """The paper's recipe for the model (CIFAR's or ImageNet's) on synthetic data kept on the device."""
     c = cifar10.get_config(args.model) if args.model.startswith("cifar_") else imagenet.get_config(args.model)
     c.update(dict(train_preset="cifar", dataset=f"synthetic:{args.num_classes}", on_device_data=True,
+                  train_split="train", eval_split="test",
                   image_size=args.image_size, batch_size=args.batch_size, num_train_steps=args.steps,
                   log_every_steps=args.log_every, eval_every_steps=args.steps, checkpoint_every_steps=args.steps,
                   eval_batch_size=1024, steps_per_loop=steps_per_loop, dtype=args.dtype))
@@ -71,22 +72,27 @@ def loop(args, steps_per_loop: int, profile: bool) -> tuple[float, str]:
     """Seconds per step of train.py's loop between its first log event and its end (and a host profile)."""
     times: dict[int, float] = {}
     profiler = cProfile.Profile() if profile else None
+    profiling: list[int] = []
 
     def on_step(step):
         times[step] = time.perf_counter()
-        if profiler is not None and step == args.log_every:
+        if profiler is not None and step > args.log_every and not profiling:
             profiler.enable()
+            profiling.append(step)
+        if profiler is not None and step == args.steps:
+            profiler.disable()
 
     with tempfile.TemporaryDirectory() as workdir:
         train_lib.train_and_evaluate(config_for(args, steps_per_loop), workdir, on_step=on_step)
-    first, last = args.log_every, max(times)
+    # The log event at step log_every fetched its metrics, so every step up to it had finished; the first call
+    # after it was dispatched just before its on_step; the last step is waited for before its on_step.
+    start, last = min(s for s in times if s > args.log_every), max(times)
     report = ""
     if profiler is not None:
-        profiler.disable()
         out = io.StringIO()
         pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(15)
         report = out.getvalue()
-    return (times[last] - times[first]) / (last - first), report
+    return (times[last] - times[start]) / (last - args.log_every), report
 
 
 def main() -> None:

@@ -204,7 +204,8 @@ def synthetic_source(dataset: str, split: str, image_size: int) -> Source:
     if not classes.isdigit() or int(classes) < 1:
         raise DataError(f"dataset {dataset!r}: the class count after 'synthetic:' must be a positive integer")
     if split not in SYNTHETIC_SPLITS:
-        raise DataError(f"synthetic data has no split {split!r}; splits: {list(SYNTHETIC_SPLITS)}")
+        raise DataError(f"synthetic data has no split {split!r}; its splits are {', '.join(SYNTHETIC_SPLITS)} "
+                        f"(no slices), e.g. --config.train_split=train --config.eval_split=test")
     n = SYNTHETIC_SPLITS[split]
     rng = np.random.default_rng(list(split.encode()))
     images = rng.integers(0, 256, (n, image_size, image_size, 3), dtype=np.uint8)
