@@ -398,7 +398,7 @@ def test_synthetic_data_trains_on_the_device_without_a_dataset(tmp_path):
                     num_train_steps=2, eval_every_steps=2, checkpoint_every_steps=2, eval_batch_size=512)
     with pytest.raises(train_lib.ConfigError, match="synthetic data is generated in memory for on_device_data"):
         train_lib.prepare(c, str(tmp_path / "host"))
-    c.on_device_data, c.steps_per_loop = True, 2
+    c.on_device_data = True
     result = train_lib.train_and_evaluate(c, str(tmp_path / "run"))
     assert result["step"] == 2 and np.isfinite(result["eval_top1_error"])
     with pytest.raises(data.DataError, match="synthetic data has no split 'val'"):
