@@ -216,13 +216,15 @@ def make_train_loop(model: models.ResNet, tx: optax.GradientTransformation, mesh
     step = _step(model, tx, mesh, mean, std, num_classes, label_smoothing, schedule, dataset)
 
     def loop(state, batches, n):
+        def batch(i):  # the train set itself with on-device data (the step draws), else the i-th stacked batch
+            return batches if dataset is not None else jax.tree.map(lambda a: a[i], batches)
+
         def one(i, carry):
             state, metrics = carry
-            state, values = step(state, batches if dataset is not None else jax.tree.map(lambda a: a[i], batches))
+            state, values = step(state, batch(i))
             return state, jax.tree.map(lambda buffer, value: buffer.at[i].set(value), metrics, values)
 
-        first = batches if dataset is not None else jax.tree.map(lambda a: a[0], batches)
-        shapes = jax.eval_shape(step, state, first)[1]
+        shapes = jax.eval_shape(step, state, batch(0))[1]
         metrics = jax.tree.map(lambda s: jnp.zeros((steps_per_loop, *s.shape), s.dtype), shapes)
         return jax.lax.fori_loop(0, n, one, (state, metrics))
 
@@ -373,7 +375,7 @@ def prepare(config: ml_collections.ConfigDict, workdir: str, mngr=None) -> Run:
         raise ConfigError(f"conv_impl must be one of {conv.IMPLS}, got {config.conv_impl!r}")
     profile_steps(config)
     verify = config.get("verify_images", False)
-    if config.dataset.startswith("synthetic") and not config.on_device_data:
+    if data.is_synthetic(config.dataset) and not config.on_device_data:
         raise ConfigError("synthetic data is generated in memory for on_device_data=True runs; set it")
     train_source, eval_source = (data.get_source(config.dataset, split, config.data_dir, verify=verify,
                                                  image_size=config.image_size)
@@ -474,8 +476,9 @@ def loop_lengths(config: ml_collections.ConfigDict, start: int) -> Iterator[int]
     marks = profile_steps(config) or ()
     while step < total:
         stop = min([total, *((step // e + 1) * e for e in every), *(m for m in marks if m > step)])
-        yield min(k, stop - step)
-        step += min(k, stop - step)
+        n = min(k, stop - step)
+        yield n
+        step += n
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
@@ -521,10 +524,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     steps_per_loop = config.get("steps_per_loop", 1)
     step_args = (run.model, tx, mesh, run.mean, run.std, run.model.num_classes, config.label_smoothing, schedule,
                  dataset)
+    # train_call(state, batch, n) runs n steps; to_device(local) turns the host batches of one call into its batch
     if steps_per_loop > 1:  # one call runs up to steps_per_loop steps (bitwise the same training)
-        train_loop = make_train_loop(*step_args, steps_per_loop)
+        train_call = make_train_loop(*step_args, steps_per_loop)
+        to_device = functools.partial(stack_batches, mesh=mesh, length=steps_per_loop)
     else:
         train_step = make_train_step(*step_args)
+
+        def train_call(state, batch, n):
+            return train_step(state, batch)
+
+        def to_device(local):
+            return data.to_global(local[0], mesh)
     eval_step = evaluation.make_eval_step(run.model, run.mean, run.std)
     host_batches = None if dataset is not None else train_iterator(run, start)
 
@@ -582,9 +593,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                     local.extend(next(host_batches) for _ in range(n))
                 except Exception as e:  # an image the pipeline cannot decode: keep the trained steps, then name it
                     raise data_failure(run, run.train_source, e, step, save, mngr, step + len(local)) from e
-                batch = (stack_batches(local, mesh, steps_per_loop) if steps_per_loop > 1 else
-                         data.to_global(local[0], mesh))
-            state, metrics = train_loop(state, batch, n) if steps_per_loop > 1 else train_step(state, batch)
+                batch = to_device(local)
+            state, metrics = train_call(state, batch, n)
             step += n
             pending.append((step, n, metrics))
             in_flight.append((n, metrics["loss"]))

@@ -83,14 +83,15 @@ def test_imagenet_schedule_options():
 # ------------------------------------------------------------------------------------------- the step
 
 
-@pytest.mark.parametrize("sync", [False, True])
-def test_batch_norm_statistics_per_device_or_synchronised(sync):
+def small_model() -> models.ResNet:
+    return models.ResNet(stage_sizes=(1,), widths=(4,), stem="cifar", num_classes=3)
+
+
+def one_step_on_4_devices(sync: bool, tx):
+    """One sharded train step of ``small_model`` on 8 images (2 per device), BN statistics per device or
+    synchronised; returns the variables before it, the images and labels, the new state and the metrics."""
     assert jax.device_count() == 4
-    model = models.ResNet(stage_sizes=(1,), widths=(4,), stem="cifar", num_classes=3)
-    if sync:
-        model = model.clone(bn_axis_name=train_lib.AXIS)
-    c = tiny_config("unused", learning_rate=0.0, weight_decay=0.0)
-    tx = train_lib.make_optimizer(c, lambda s: 0.0)
+    model = small_model().clone(bn_axis_name=train_lib.AXIS if sync else None)
     mesh = train_lib.make_mesh()
     state = train_lib.create_train_state(model, tx, 8, 0, mesh)
     images = np.random.default_rng(0).integers(0, 256, (8, 8, 8, 3), dtype=np.uint8)
@@ -98,7 +99,14 @@ def test_batch_norm_statistics_per_device_or_synchronised(sync):
     variables = jax.device_get(state.variables)
     step = train_lib.make_train_step(model, tx, mesh, 0.0, 255.0, 3)
     new, metrics = step(state, data.to_global({"image": images, "label": labels}, mesh))
-    plain = model.clone(bn_axis_name=None)
+    return variables, images, labels, new, metrics
+
+
+@pytest.mark.parametrize("sync", [False, True])
+def test_batch_norm_statistics_per_device_or_synchronised(sync):
+    c = tiny_config("unused", learning_rate=0.0, weight_decay=0.0)
+    variables, images, _, new, metrics = one_step_on_4_devices(sync, train_lib.make_optimizer(c, lambda s: 0.0))
+    plain = small_model()
 
     def stats(x):
         return plain.apply(variables, x / 255.0, train=True, mutable=["batch_stats"])[1]["batch_stats"]
@@ -116,18 +124,8 @@ def test_batch_norm_statistics_per_device_or_synchronised(sync):
 def test_gradients_are_the_mean_over_devices_not_the_sum(sync):
     """4 devices x 2 examples step like the mean of the 4 devices' own gradients (with global BN statistics: like
     one device on all 8): the learning rate does not grow with the device count."""
-    model = models.ResNet(stage_sizes=(1,), widths=(4,), stem="cifar", num_classes=3)
-    plain = model
-    if sync:
-        model = model.clone(bn_axis_name=train_lib.AXIS)
-    tx = optax.sgd(1.0)  # new params = params - gradient
-    mesh = train_lib.make_mesh()
-    state = train_lib.create_train_state(model, tx, 8, 0, mesh)
-    images = np.random.default_rng(0).integers(0, 256, (8, 8, 8, 3), dtype=np.uint8)
-    labels = np.arange(8, dtype=np.int32) % 3
-    variables = jax.device_get(state.variables)
-    step = train_lib.make_train_step(model, tx, mesh, 0.0, 255.0, 3)
-    new, _ = step(state, data.to_global({"image": images, "label": labels}, mesh))
+    variables, images, labels, new, _ = one_step_on_4_devices(sync, optax.sgd(1.0))  # new params = params - grad
+    plain = small_model()
 
     def grad(x, y):
         def loss(params):
@@ -367,7 +365,7 @@ def test_on_device_training_runs_and_resumes(tiny, tmp_path):
 
 
 def test_on_device_loops_draw_each_steps_batch_like_single_steps():
-    model = models.ResNet(stage_sizes=(1,), widths=(4,), stem="cifar", num_classes=3)
+    model = small_model()
     c = tiny_config("unused")
     schedule = train_lib.learning_rate_schedule(c, 10)
     tx = train_lib.make_optimizer(c, schedule)

@@ -21,36 +21,45 @@ evaluation, whole splits in memory, the device-side pieces); ``errors``. Everyth
 from resnet_jax.data.errors import DataError
 from resnet_jax.data.files import IMAGE_EXTENSIONS, decode_files, image_problem, unreadable_files
 from resnet_jax.data.pipelines import (
-                                       array_batches,
-                                       eval_batches,
-                                       eval_view_shape,
-                                       load_arrays,
-                                       normalize,
-                                       pixel_mean,
-                                       to_global,
-                                       train_batches,
+    array_batches,
+    eval_batches,
+    eval_view_shape,
+    load_arrays,
+    normalize,
+    pixel_mean,
+    to_global,
+    train_batches,
 )
 from resnet_jax.data.preprocess import (
-                                       EVAL_PRESETS,
-                                       IMAGENET_MEAN,
-                                       IMAGENET_STD,
-                                       MULTISCALE_SIZES,
-                                       PCA_EIGVAL,
-                                       PCA_EIGVEC,
-                                       TRAIN_PRESETS,
-                                       decode_images,
-                                       eval_preprocess,
-                                       resize_shorter,
-                                       ten_crop_boxes,
-                                       train_preprocess,
+    EVAL_PRESETS,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    MULTISCALE_SIZES,
+    PCA_EIGVAL,
+    PCA_EIGVEC,
+    TRAIN_PRESETS,
+    decode_images,
+    eval_preprocess,
+    resize_shorter,
+    ten_crop_boxes,
+    train_preprocess,
 )
 from resnet_jax.data.preprocess import _decode as _decode  # TensorFlow helpers resnet_jax.evaluation uses too
 from resnet_jax.data.preprocess import _resize as _resize
-from resnet_jax.data.sources import SYNTHETIC_SPLITS, Source, folder_source, get_source, synthetic_source, tfds_source
+from resnet_jax.data.sources import (
+    SYNTHETIC_SPLITS,
+    Source,
+    folder_source,
+    get_source,
+    is_synthetic,
+    synthetic_source,
+    tfds_source,
+)
 from resnet_jax.data.sources import _tf as _tf
 
 __all__ = ["EVAL_PRESETS", "IMAGENET_MEAN", "IMAGENET_STD", "IMAGE_EXTENSIONS", "MULTISCALE_SIZES", "PCA_EIGVAL",
            "PCA_EIGVEC", "SYNTHETIC_SPLITS", "TRAIN_PRESETS", "DataError", "Source", "array_batches", "decode_files",
            "decode_images", "eval_batches", "eval_preprocess", "eval_view_shape", "folder_source", "get_source",
-           "image_problem", "load_arrays", "normalize", "pixel_mean", "resize_shorter", "synthetic_source",
-           "ten_crop_boxes", "tfds_source", "to_global", "train_batches", "train_preprocess", "unreadable_files"]
+           "image_problem", "is_synthetic", "load_arrays", "normalize", "pixel_mean", "resize_shorter",
+           "synthetic_source", "ten_crop_boxes", "tfds_source", "to_global", "train_batches", "train_preprocess",
+           "unreadable_files"]

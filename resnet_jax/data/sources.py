@@ -144,6 +144,11 @@ def tfds_source(name: str, split: str, data_dir: str | None = None) -> Source:
 SYNTHETIC_SPLITS = {"train": 8192, "validation": 1024, "test": 1024}
 
 
+def is_synthetic(dataset: str) -> bool:
+    """``synthetic`` or ``synthetic:C``."""
+    return dataset == "synthetic" or dataset.startswith("synthetic:")
+
+
 def synthetic_source(dataset: str, split: str, image_size: int) -> Source:
     """``synthetic`` (1000 classes) or ``synthetic:C``: random uint8 images of ``image_size`` and random labels,
     the same for every run, to measure training speed without a dataset (``on_device_data``)."""
@@ -167,6 +172,6 @@ def get_source(dataset: str, split: str, data_dir: str | None = None, on_bad_fil
     name (``on_bad_file`` and ``verify``: folders only)."""
     if dataset.startswith("folder:"):
         return folder_source(dataset[len("folder:"):], split, on_bad_file, verify)
-    if dataset == "synthetic" or dataset.startswith("synthetic:"):
+    if is_synthetic(dataset):
         return synthetic_source(dataset, split, image_size)
     return tfds_source(dataset, split, data_dir)
