@@ -42,7 +42,8 @@ def config_for(args, steps_per_loop: int):
 def bare(args) -> dict:
     """Seconds per step of the bare step, back to back and waiting for each."""
     config = config_for(args, 1)
-    run = train_lib.prepare(config, tempfile.mkdtemp())
+    with tempfile.TemporaryDirectory() as workdir:  # prepare() only reads it
+        run = train_lib.prepare(config, workdir)
     mesh = train_lib.make_mesh()
     schedule = train_lib.learning_rate_schedule(config, run.steps_per_epoch)
     tx = train_lib.make_optimizer(config, schedule)
