@@ -10,8 +10,6 @@ import argparse
 import json
 import sys
 
-VIEWS = {"center": "center crop", "10": "10-crop", "multiscale": "multi-scale (224-640, flips)"}
-
 
 def parse(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -71,9 +69,8 @@ def write_features(args, clf, source) -> int:
 def main(argv=None) -> int:
     args = parse(argv)
     import jax
-    from tqdm import tqdm
 
-    from resnet_jax import checkpoint, data, evaluation, train_lib
+    from resnet_jax import checkpoint, data, evaluation
 
     try:
         model, variables, info = checkpoint.load_checkpoint(args.workdir, args.step)
@@ -103,24 +100,8 @@ def main(argv=None) -> int:
         sys.exit(f"error: {e}")
     if args.features:
         return write_features(args, clf, source)
-    mesh = train_lib.make_mesh()
-    replicated = jax.device_put(variables, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
-    results = []
-    for mode in modes:
-        total = min(args.limit, source.num_examples) if mode == "multiscale" and args.limit else source.num_examples
-        view = f"whole image ({pre['image_size']}x{pre['image_size']})" if cifar else VIEWS[mode]
-        bar = tqdm(total=total, desc=view, unit="img", disable=jax.process_index() != 0)
-        if mode == "multiscale":
-            result = evaluation.evaluate_multiscale(model, variables, source, clf.mean, clf.std, limit=args.limit,
-                                                    progress=bar)
-        else:
-            preset = "cifar" if cifar else mode
-            step_fn = evaluation.make_eval_step(model, clf.mean, clf.std)
-            batches = data.eval_batches(source, args.batch_size, preset, pre["image_size"], pre.get("resize_size"))
-            result = evaluation.evaluate(step_fn, replicated, batches, mesh, progress=bar)
-        bar.close()
-        results.append(dict(result, crops=mode, view=view, model=info["model"], step=info["step"], dataset=dataset,
-                            split=split))
+    results = [dict(r, dataset=dataset) for r in evaluation.evaluate_views(clf, source, modes, args.batch_size,
+                                                                            args.limit)]
     if jax.process_index() == 0:
         print(f"\n{'model':<18} {'step':>7} {'views':<30} {'examples':>9} {'top-1 err':>10} {'top-5 err':>10}")
         for r in results:

@@ -1,4 +1,4 @@
-"""Train a ResNet of the paper (thin CLI over resnet_jax.train_lib).
+"""Train a ResNet of the paper (thin CLI over resnet_jax.training).
 
     python train.py --config=resnet_jax/configs/cifar10.py:cifar_resnet20 --workdir=runs/r20 \
         [--config.dataset=folder:/data/cifar10] [--config.num_train_steps=500] [--config.<field>=<value> ...]
@@ -35,15 +35,19 @@ def main(argv):
         jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
     from absl import logging as absl_logging
 
-    from resnet_jax import checkpoint, data, train_lib
+    from resnet_jax import checkpoint, data, quiet, training
 
     absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax is chatty at INFO
+    quiet.cli_logging()
     logging.getLogger("resnet_jax").setLevel(logging.INFO)
     try:
-        metrics = train_lib.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-    except (train_lib.ConfigError, data.DataError, checkpoint.CheckpointError, FloatingPointError) as e:
+        metrics = training.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    except (training.ConfigError, data.DataError, checkpoint.CheckpointError, FloatingPointError) as e:
         sys.exit(f"error: {e}")
-    except train_lib.Preempted as e:
+    except checkpoint.WriteFailed as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(e.exit_code)
+    except training.Preempted as e:
         print(e)
         sys.exit(e.exit_code)
     if jax.process_index() == 0:

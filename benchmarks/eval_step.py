@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from resnet_jax import data, evaluation, models, train_lib
+from resnet_jax import data, evaluation, models, training
 
 
 def main() -> None:
@@ -27,7 +27,7 @@ def main() -> None:
     p.add_argument("--output")
     args = p.parse_args()
     model = models.create_model(args.model, dtype=args.dtype)
-    mesh = train_lib.make_mesh()
+    mesh = training.make_mesh()
     variables = jax.jit(lambda: model.init(jax.random.key(0), jnp.zeros((1, args.image_size, args.image_size, 3))))()
     step = evaluation.make_eval_step(model, data.IMAGENET_MEAN, data.IMAGENET_STD)
     views = (10,) if args.crops == "10" else ()

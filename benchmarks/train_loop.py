@@ -24,7 +24,7 @@ import time
 import common
 import jax
 
-from resnet_jax import train_lib
+from resnet_jax import training
 from resnet_jax.configs import cifar10, imagenet
 
 
@@ -43,13 +43,13 @@ def bare(args) -> dict:
     """Seconds per step of the bare step, back to back and waiting for each."""
     config = config_for(args, 1)
     with tempfile.TemporaryDirectory() as workdir:  # prepare() only reads it
-        run = train_lib.prepare(config, workdir)
-    mesh = train_lib.make_mesh()
-    schedule = train_lib.learning_rate_schedule(config, run.steps_per_epoch)
-    tx = train_lib.make_optimizer(config, schedule)
-    state = train_lib.create_train_state(run.model, tx, config.image_size, config.seed, mesh)
-    dataset = train_lib.on_device_data(*run.arrays["train"], config.batch_size, config.seed, mesh)
-    step = train_lib.make_train_step(run.model, tx, mesh, run.mean, run.std, run.model.num_classes,
+        run = training.prepare(config, workdir)
+    mesh = training.make_mesh()
+    schedule = training.learning_rate_schedule(config, run.steps_per_epoch)
+    tx = training.make_optimizer(config, schedule)
+    state = training.create_train_state(run.model, tx, config.image_size, config.seed, mesh)
+    dataset = training.on_device_data(*run.arrays["train"], config.batch_size, config.seed, mesh)
+    step = training.make_train_step(run.model, tx, mesh, run.mean, run.std, run.model.num_classes,
                                      schedule=schedule, dataset=dataset)
     state, _ = step(state, dataset.arrays)
     jax.block_until_ready(state)
@@ -84,7 +84,7 @@ def loop(args, steps_per_loop: int, profile: bool) -> tuple[float, str]:
             profiler.disable()
 
     with tempfile.TemporaryDirectory() as workdir:
-        train_lib.train_and_evaluate(config_for(args, steps_per_loop), workdir, on_step=on_step)
+        training.train_and_evaluate(config_for(args, steps_per_loop), workdir, on_step=on_step)
     # The log event at step log_every fetched its metrics, so every step up to it had finished; the first call
     # after it was dispatched just before its on_step; the last step is waited for before its on_step.
     start, last = min(s for s in times if s > args.log_every), max(times)

@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
-from resnet_jax import data, models, train_lib
+from resnet_jax import data, models, training
 from resnet_jax.configs import default
 
 # Dense peak FLOP/s by device kind and compute dtype (vendor figures).
@@ -55,11 +55,11 @@ def ours(args, conv_impl: str, loop: int = 0):
     config = SimpleNamespace(**dict(default.fields(), model=args.model, batch_size=args.batch_size,
                                     dtype=args.dtype, scan=args.scan, remat=args.remat))
     model = models.create_model(args.model, num_classes=args.num_classes, conv_impl=conv_impl,
-                                **train_lib.model_options(config))
-    mesh = train_lib.make_mesh()
-    schedule = train_lib.learning_rate_schedule(config, 1000)
-    tx = train_lib.make_optimizer(config, schedule)
-    state = train_lib.create_train_state(model, tx, args.image_size, 0, mesh)
+                                **training.model_options(config))
+    mesh = training.make_mesh()
+    schedule = training.learning_rate_schedule(config, 1000)
+    tx = training.make_optimizer(config, schedule)
+    state = training.create_train_state(model, tx, args.image_size, 0, mesh)
     rng = np.random.default_rng(0)
     batch = data.to_global({"image": rng.integers(0, 256, (args.batch_size, args.image_size, args.image_size, 3),
                                                   dtype=np.uint8),
@@ -68,19 +68,19 @@ def ours(args, conv_impl: str, loop: int = 0):
     if args.on_device_data:  # a CIFAR-sized train set resident on the device; the step draws its batches
         n = 50_000
         put = functools.partial(jax.device_put, device=NamedSharding(mesh, PartitionSpec()))
-        dataset = train_lib.OnDeviceData(put(rng.integers(0, 256, (n, args.image_size, args.image_size, 3),
+        dataset = training.OnDeviceData(put(rng.integers(0, 256, (n, args.image_size, args.image_size, 3),
                                                           dtype=np.uint8)),
                                          put(rng.integers(0, args.num_classes, n).astype(np.int32)),
                                          args.batch_size, seed=0)
         batch = dataset.arrays
     common_args = (model, tx, mesh, data.IMAGENET_MEAN, data.IMAGENET_STD, args.num_classes)
     if loop:
-        step = train_lib.make_train_loop(*common_args, schedule=schedule, dataset=dataset, steps_per_loop=loop)
+        step = training.make_train_loop(*common_args, schedule=schedule, dataset=dataset, steps_per_loop=loop)
         if dataset is None:  # the same batch, ``loop`` times
             batch = jax.tree.map(lambda a: jnp.stack([a] * loop), batch)
         args_ = (state, batch, np.int32(loop))
     else:
-        step = train_lib.make_train_step(*common_args, schedule=schedule, dataset=dataset)
+        step = training.make_train_step(*common_args, schedule=schedule, dataset=dataset)
         args_ = (state, batch)
     start = time.perf_counter()
     compiled = step.lower(*args_).compile()

@@ -1,6 +1,10 @@
 """resnet_jax: the networks of "Deep Residual Learning for Image Recognition" (He et al., 2016) in JAX/Flax."""
 
-from resnet_jax.models import (
+from resnet_jax import quiet
+
+quiet.quiet_native_logs()  # before anything imports TensorFlow
+
+from resnet_jax.models import (  # noqa: E402
     MODELS,
     ResidualBlock,
     ResNet,

@@ -11,8 +11,12 @@ becomes the latest step.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import re
+import shutil
+import traceback
 from typing import Any
 
 import jax
@@ -21,12 +25,28 @@ import orbax.checkpoint as ocp
 
 from resnet_jax import models
 
-FORMAT = 1
+FORMAT = 1  # of the checkpoint's layout and description: raise it when they change, and keep reading older ones
 log = logging.getLogger(__name__)
 
 
 class CheckpointError(ValueError):
     """A checkpoint that is missing, corrupt, or does not fit its described model."""
+
+
+class NewerFormat(CheckpointError):
+    """A checkpoint written by a newer resnet_jax, in a format this one does not know."""
+
+
+WRITE_FAILED_EXIT_CODE = 74  # sysexits.h EX_IOERR: distinct from errors (1) and stop signals (128 + signal)
+DISK_ERRNOS = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "the disk quota is exceeded",
+               errno.EROFS: "the filesystem is read-only"}
+
+
+class WriteFailed(Exception):
+    """The workdir could not be written (a full disk, a quota, a read-only filesystem): the run stops with
+    ``exit_code`` 74, its saved steps intact and no partial step left."""
+
+    exit_code = WRITE_FAILED_EXIT_CODE
 
 
 def checkpoint_dir(workdir: str) -> str:
@@ -55,11 +75,99 @@ def manager(workdir: str, keep: int = 3, create: bool = True, async_save: bool =
 
 def save(mngr: ocp.CheckpointManager, step: int, variables: Any, meta: dict, train: Any = None,
          metrics: dict | None = None) -> None:
-    """Save (asynchronously where the manager is async) one step."""
+    """Save (asynchronously where the manager is async) one step. A save that cannot be written (this one, or the
+    previous asynchronous one) raises WriteFailed."""
     items = dict(variables=ocp.args.StandardSave(variables), meta=ocp.args.JsonSave(dict(meta, format=FORMAT)))
     if train is not None:
         items["train"] = ocp.args.StandardSave(train)
-    mngr.save(step, args=ocp.args.Composite(**items), metrics=metrics, force=True)
+    ensure_space(mngr, step, sum(getattr(x, "nbytes", 0) for x in jax.tree.leaves((variables, train))))
+    try:
+        mngr.save(step, args=ocp.args.Composite(**items), metrics=metrics, force=True)
+    except Exception as e:
+        raise write_failure(mngr, e, step) from e
+
+
+def ensure_space(mngr: ocp.CheckpointManager, step: int, nbytes: int) -> None:
+    """Refuse a save that will not fit on the disk before writing any of it (a write that fails half-way leaves
+    TensorStore's threads failing in the background): WriteFailed. Where space is short, the save in flight is
+    waited for first, since it is still taking space and older steps are deleted after it."""
+    directory = str(mngr.directory)
+    need = int(nbytes * 1.1) + (1 << 20)  # the arrays, plus metadata and Orbax's own files
+    if shutil.disk_usage(directory).free >= 2 * need:
+        return
+    finish(mngr)
+    free = shutil.disk_usage(directory).free
+    if free < need:
+        kept = sorted(int(n) for n in os.listdir(directory) if n.isdigit())
+        raise WriteFailed(f"saving step {step} to {directory} failed: no space left on the device (the step needs "
+                          f"about {_size(need)}, {_size(free)} are free). {_kept(kept)}")
+
+
+def finish(mngr: ocp.CheckpointManager) -> None:
+    """Wait for the asynchronous save in flight; WriteFailed if it could not be written."""
+    try:
+        mngr.wait_until_finished()
+    except Exception as e:
+        raise write_failure(mngr, e) from e
+
+
+def close(mngr: ocp.CheckpointManager) -> None:
+    """Wait for the writers and close, on every exit path; a failure already reported is not reported again. Then
+    no partial step is left behind (process 0 removes any, e.g. of a save that hit a full disk)."""
+    try:
+        mngr.wait_until_finished()
+    except Exception as e:  # the run is ending on an error of its own (or on this one, raised by ``finish``)
+        log.debug("closing %s after a failed save: %s", mngr.directory, first_line(e))
+    mngr.close()
+    directory = str(mngr.directory)
+    if jax.process_index() == 0 and os.path.isdir(directory):
+        for name in partial_steps(directory):
+            shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
+
+
+def partial_steps(directory: str) -> list[str]:
+    """The directories of steps whose save did not complete (Orbax renames a step's directory when it is)."""
+    return [n for n in os.listdir(directory) if re.fullmatch(r"\d+\.orbax-checkpoint-tmp.*", n)]
+
+
+def disk_error(error: BaseException) -> str | None:
+    """What a full disk, an exceeded quota or a read-only filesystem says, or None for any other error (found in
+    the errno or in TensorStore's text, e.g. ``os_error_code='28'``, of the error and its causes)."""
+    text = "".join(traceback.format_exception(error))
+    for code, words in DISK_ERRNOS.items():
+        if getattr(error, "errno", None) == code or f"os_error_code='{code}'" in text or os.strerror(code) in text:
+            return words
+    return None
+
+
+def _size(n: float) -> str:
+    for unit in ("bytes", "KB", "MB", "GB", "TB"):
+        if n < 1024 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1024
+    return ""
+
+
+def write_failure(mngr: ocp.CheckpointManager, error: Exception, step: int | None = None,
+                  what: str | None = None) -> Exception:
+    """For a disk error, a WriteFailed naming what failed, where, the free space and the steps kept (``close``
+    removes the partial step). Other errors pass through."""
+    cause = disk_error(error)
+    if cause is None:
+        return error
+    directory = str(mngr.directory)
+    names = os.listdir(directory) if os.path.isdir(directory) else []
+    partial = partial_steps(directory) if names else []
+    failed = sorted({int(n.split(".")[0]) for n in partial}) or ([step] if step is not None else [])
+    kept = sorted(int(n) for n in names if n.isdigit())
+    free = shutil.disk_usage(directory).free if os.path.isdir(directory) else 0
+    what = what or (f"saving step {failed[0]} to {directory}" if failed else f"writing to {directory}")
+    return WriteFailed(f"{what} failed: {cause} ({_size(free)} free). {_kept(kept)}")
+
+
+def _kept(kept: list[int]) -> str:
+    resume = f"rerun the same command to resume from step {kept[-1]}" if kept else "rerun the same command"
+    return (f"Saved steps {kept or 'none'} are intact and no partial step is left; free some space and {resume}")
 
 
 def best_step(mngr: ocp.CheckpointManager) -> int | None:
@@ -93,11 +201,16 @@ def first_line(error: BaseException, limit: int = 300) -> str:
 
 
 def read_meta(mngr: ocp.CheckpointManager, step: int) -> dict:
+    """A step's description; NewerFormat if a newer resnet_jax wrote it."""
     try:
-        return mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+        meta = mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
     except Exception as e:
         raise CheckpointError(f"checkpoint step {step} in {mngr.directory} is damaged: its description (meta) "
                               f"cannot be read: {first_line(e)}") from e
+    if meta.get("format", 1) > FORMAT:
+        raise NewerFormat(f"checkpoint step {step} in {mngr.directory} is in format {meta['format']}, written by a "
+                          f"newer resnet_jax; this version reads formats up to {FORMAT}: upgrade resnet_jax")
+    return meta
 
 
 def verify_step(mngr: ocp.CheckpointManager, step: int) -> None:
@@ -199,11 +312,13 @@ def load_checkpoint(workdir: str, step: int | str = "latest") -> tuple[models.Re
             model = model_from_meta(meta)
             size = meta["preprocessing"]["image_size"]
             variables = restore(mngr, step, models.abstract_variables(model, size))["variables"]
+        except NewerFormat:
+            raise
         except CheckpointError as e:
             others = sorted(s for s in mngr.all_steps() if s != step)
             advice = (f"; other saved steps: {others}, e.g. --step={others[-1]}" if others
                       else "; no other step is saved")
             raise CheckpointError(f"{e}{advice}") from e
     finally:
-        mngr.close()
+        close(mngr)
     return model, jax.tree.map(np.asarray, variables), dict(meta, step=step)

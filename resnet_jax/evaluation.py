@@ -88,6 +88,40 @@ def evaluate(step_fn, variables: Any, batches: Iterable[dict[str, np.ndarray]], 
     return summarize({k: float(v) for k, v in jax.device_get(total).items()})
 
 
+VIEWS = {"center": "center crop", "10": "10-crop", "multiscale": "multi-scale (224-640, flips)"}
+
+
+def evaluate_views(clf: Classifier, source: data.Source, modes: Iterable[str], batch_size: int = 100,
+                   limit: int | None = None, progress: bool = True) -> list[dict]:
+    """Top-1/top-5 error of a saved model on a split, once per view in ``modes`` ("center", "10",
+    "multiscale"; Sec. 3.4), each with a progress bar on process 0. CIFAR models classify the whole image."""
+    from tqdm import tqdm
+
+    from resnet_jax import training
+
+    pre, info = clf.info["preprocessing"], clf.info
+    cifar = pre.get("eval_preset") == "cifar"
+    mesh = training.make_mesh()
+    replicated = jax.device_put(clf.variables, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+    results = []
+    for mode in modes:
+        total = min(limit, source.num_examples) if mode == "multiscale" and limit else source.num_examples
+        view = f"whole image ({pre['image_size']}x{pre['image_size']})" if cifar else VIEWS[mode]
+        bar = tqdm(total=total, desc=view, unit="img", disable=not progress or jax.process_index() != 0)
+        if mode == "multiscale":
+            result = evaluate_multiscale(clf.model, clf.variables, source, clf.mean, clf.std, limit=limit,
+                                         progress=bar)
+        else:
+            step_fn = make_eval_step(clf.model, clf.mean, clf.std)
+            batches = data.eval_batches(source, batch_size, "cifar" if cifar else mode, pre["image_size"],
+                                        pre.get("resize_size"))
+            result = evaluate(step_fn, replicated, batches, mesh, progress=bar)
+        bar.close()
+        results.append(dict(result, crops=mode, view=view, model=info["model"], step=info["step"],
+                            dataset=source.name, split=source.split))
+    return results
+
+
 # ------------------------------------------------------------------------------------------- multi-scale
 
 

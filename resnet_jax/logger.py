@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 
@@ -11,6 +12,7 @@ import jax
 
 from resnet_jax import plot
 
+log = logging.getLogger(__name__)
 PLOT_EVERY_SECONDS = 30  # redraw curves.png at most this often (and once at the end): drawing takes ~0.5 s
 
 
@@ -68,9 +70,13 @@ class RunLogger:
         self.unplotted, self.last_plot = False, time.perf_counter()
 
     def close(self) -> None:
-        if self.unplotted:
-            self.plot()
+        """Draw the last curves and close; on every exit path, so a full disk here is not a second error."""
         if self.bar is not None:
             self.bar.close()
-        if self.writer is not None:
-            self.writer.close()
+        try:
+            if self.unplotted:
+                self.plot()
+            if self.writer is not None:
+                self.writer.close()
+        except OSError as e:
+            log.warning("could not write the last curves and TensorBoard events in %s: %s", self.workdir, e.strerror)

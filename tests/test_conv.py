@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from resnet_jax import conv, data, models, train_lib
+from resnet_jax import conv, data, models, training
 from resnet_jax.configs import cifar10
 
 
@@ -123,7 +123,7 @@ def test_models_agree_across_implementations(name, scan, impls):
 
 def test_sharded_training_gives_the_same_losses_with_either_implementation():
     c = cifar10.get_config()
-    mesh = train_lib.make_mesh()
+    mesh = training.make_mesh()
     rng = np.random.default_rng(0)
     batches = [data.to_global({"image": rng.integers(0, 256, (8, 16, 16, 3), dtype=np.uint8),
                                "label": rng.integers(0, 10, 8).astype(np.int32)}, mesh) for _ in range(3)]
@@ -131,9 +131,9 @@ def test_sharded_training_gives_the_same_losses_with_either_implementation():
     for impl in ("xla", "im2col"):  # a 3-stage CIFAR-style net with one block per stage: quick to compile
         model = models.ResNet(stage_sizes=(1, 1, 1), widths=(8, 16, 32), stem="cifar", shortcut="A",
                               num_classes=10, conv_impl=impl)
-        tx = train_lib.make_optimizer(c, lambda s: 0.1)
-        state = train_lib.create_train_state(model, tx, 16, 0, mesh)
-        step = train_lib.make_train_step(model, tx, mesh, 128.0, 64.0, 10)
+        tx = training.make_optimizer(c, lambda s: 0.1)
+        state = training.create_train_state(model, tx, 16, 0, mesh)
+        step = training.make_train_step(model, tx, mesh, 128.0, 64.0, 10)
         losses[impl] = []
         for batch in batches:
             state, metrics = step(state, batch)

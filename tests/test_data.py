@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from resnet_jax import data, train_lib
+from resnet_jax import data, training
 
 tf = pytest.importorskip("tensorflow")
 tfds = pytest.importorskip("tensorflow_datasets")
@@ -282,7 +282,7 @@ def test_folder_cifar_views_are_tensorflows_crop_or_pad(tmp_path):
 def test_to_global_shards_the_batch_over_devices():
     import jax
 
-    mesh = train_lib.make_mesh()
+    mesh = training.make_mesh()
     batch = {"image": np.zeros((8, 4, 4, 3), np.uint8), "label": np.arange(8, dtype=np.int32)}
     out = data.to_global(batch, mesh)
     assert out["label"].shape == (8,) and len(out["label"].sharding.device_set) == jax.device_count()

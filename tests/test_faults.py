@@ -2,17 +2,21 @@
 half-written. Each case drives the command line the way a user would (docs/faults.md lists them)."""
 
 import logging
+import re
 import shutil
+import signal
+import socket
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
 
 import evaluate
-from resnet_jax import checkpoint, convert, data, plot, train_lib
+from resnet_jax import checkpoint, convert, data, plot, training
 from tests.test_evaluate import save_run
-from tests.test_train import CLI_OVERRIDES, ROOT, make_folder, tiny_config
+from tests.test_train import CLI_OVERRIDES, ROOT, cli, make_folder, tiny_config, wait_for_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -42,22 +46,22 @@ def test_bad_flags_get_one_line_and_write_nothing(tmp_path, flag, message):
 
 @pytest.mark.parametrize("field", ["batch_size", "eval_batch_size", "checkpoint_every_steps", "log_every_steps"])
 def test_zero_sizes_and_intervals_fail_before_compiling(tiny, tmp_path, field):
-    with pytest.raises(train_lib.ConfigError, match=f"{field} must be a positive integer, got 0"):
-        train_lib.prepare(tiny_config(tiny, **{field: 0}), str(tmp_path))
+    with pytest.raises(training.ConfigError, match=f"{field} must be a positive integer, got 0"):
+        training.prepare(tiny_config(tiny, **{field: 0}), str(tmp_path))
 
 
 def test_nan_before_any_checkpoint_says_so(tiny, tmp_path):
     c = tiny_config(tiny, num_train_steps=6, learning_rate=1e12, checkpoint_every_steps=100, log_every_steps=6,
                     eval_every_steps=100)
     with pytest.raises(FloatingPointError, match="No checkpoint had been saved yet"):
-        train_lib.train_and_evaluate(c, str(tmp_path / "nan"))
+        training.train_and_evaluate(c, str(tmp_path / "nan"))
 
 
 def test_resuming_with_another_batch_size_warns(tiny, tmp_path, caplog):
     workdir = str(tmp_path / "run")
-    train_lib.train_and_evaluate(tiny_config(tiny, num_train_steps=3), workdir)
+    training.train_and_evaluate(tiny_config(tiny, num_train_steps=3), workdir)
     with caplog.at_level(logging.WARNING, logger="resnet_jax"):
-        train_lib.prepare(tiny_config(tiny, batch_size=4), workdir, checkpoint.manager(workdir))
+        training.prepare(tiny_config(tiny, batch_size=4), workdir, checkpoint.manager(workdir))
     assert "trained with batch_size 8 at batch_size 4" in caplog.text
 
 
@@ -135,7 +139,7 @@ def damage(workdir, step, how):
 @pytest.fixture(scope="module")
 def trained(tiny, tmp_path_factory):
     workdir = tmp_path_factory.mktemp("trained") / "run"
-    train_lib.train_and_evaluate(tiny_config(tiny, num_train_steps=6), str(workdir))  # steps 3 and 6
+    training.train_and_evaluate(tiny_config(tiny, num_train_steps=6), str(workdir))  # steps 3 and 6
     return workdir
 
 
@@ -159,13 +163,13 @@ def test_training_resumes_from_the_newest_good_step_and_refuses_when_none_is_lef
     workdir = tmp_path / "run"
     shutil.copytree(trained, workdir)
     damage(workdir, 6, "truncated")
-    result = train_lib.train_and_evaluate(tiny_config(tiny, num_train_steps=6), str(workdir))
+    result = training.train_and_evaluate(tiny_config(tiny, num_train_steps=6), str(workdir))
     assert result["step"] == 6 and checkpoint.load_checkpoint(str(workdir))[2]["step"] == 6
     damage(workdir, 6, "zeroed")
     damage(workdir, 3, "deleted")
     with pytest.raises(checkpoint.CheckpointError, match=r"every saved step in .* is damaged .*move that directory "
                                                           r"away to train from scratch"):
-        train_lib.train_and_evaluate(tiny_config(tiny, num_train_steps=6), str(workdir))
+        training.train_and_evaluate(tiny_config(tiny, num_train_steps=6), str(workdir))
 
 
 def broken_folder(tmp_path, split):
@@ -196,7 +200,7 @@ def test_a_corrupt_training_image_is_named_after_saving(tmp_path):
     bad.unlink()
     c = tiny_config(root, normalization="mean_std", num_train_steps=12, checkpoint_every_steps=100,
                     eval_every_steps=100)
-    assert train_lib.train_and_evaluate(c, str(workdir))["step"] == 12
+    assert training.train_and_evaluate(c, str(workdir))["step"] == 12
 
 
 def test_a_corrupt_evaluation_image_is_named_after_saving(tmp_path):
@@ -205,7 +209,121 @@ def test_a_corrupt_evaluation_image_is_named_after_saving(tmp_path):
                     checkpoint_every_steps=100)
     with pytest.raises(data.DataError, match=r"unreadable image\(s\) in folder:.*:test: .*broken\.jpg \(truncated\)\. "
                                              r"saved step 5 first"):
-        train_lib.train_and_evaluate(c, str(tmp_path / "run"))
+        training.train_and_evaluate(c, str(tmp_path / "run"))
     assert checkpoint.manager(str(tmp_path / "run")).all_steps() == [5]  # the 5 trained steps
     bad.unlink()
-    assert train_lib.train_and_evaluate(c, str(tmp_path / "run"))["step"] == 6
+    assert training.train_and_evaluate(c, str(tmp_path / "run"))["step"] == 6
+
+
+# ----------------------------------------------------------------------------------------- cluster faults
+
+
+def test_a_second_run_on_a_live_runs_workdir_refuses_in_one_line_and_a_dead_runs_lock_is_taken_over(tiny, tmp_path):
+    """A requeued job while the old one still runs: the second run names the holder in one line before compiling,
+    and the first trains on. After kill -9 of the holder, the next run takes the lock over and resumes."""
+    workdir = tmp_path / "run"
+    cmd, env = cli(workdir, tiny, 100_000, "--config.checkpoint_every_steps=2", "--config.eval_every_steps=100000",
+                   devices=1)
+    first = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for_checkpoint(workdir, first)
+        started = time.time()
+        second = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+        took = time.time() - started
+        assert second.returncode == 1 and first.poll() is None
+        assert second.stderr.strip().splitlines() == [second.stderr.strip()], second.stderr[-3000:]
+        assert re.fullmatch(rf"error: {workdir} is in use by another run \(pid {first.pid} on {socket.gethostname()}, "
+                            r"started [0-9-]+ [0-9:]+\); stop it or use another --workdir", second.stderr.strip())
+        assert took < 20, took  # refused before compiling (the start-up is ~5 s of imports)
+        steps = checkpoint.manager(str(workdir), create=False).all_steps()
+        time.sleep(1.0)
+        assert max(checkpoint.manager(str(workdir), create=False).all_steps()) > max(steps)  # the first trains on
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+    resume_at = max(checkpoint.manager(str(workdir), create=False).all_steps())
+    cmd, env = cli(workdir, tiny, resume_at + 2, "--config.checkpoint_every_steps=2", devices=1)
+    third = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert third.returncode == 0, third.stderr[-3000:]
+    assert f"taking over {workdir / 'run.lock'} from a run that is gone (pid {first.pid} on" in third.stderr
+    assert (workdir / "run.lock").read_text() == ""  # released at the end
+
+
+def test_an_unwritable_workdir_is_one_line_before_compiling(tiny, tmp_path):
+    """A read-only filesystem (a tmpfs mounted read-only; root ignores file permissions), else a plain file where
+    the workdir's parent should be."""
+    target = tmp_path / "ro"
+    target.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(target)],
+                             capture_output=True).returncode == 0
+    try:
+        workdir = target / "run" if not mounted else target
+        if not mounted:
+            target.rmdir()
+            target.write_text("a file, not a folder")
+        result = train_cli(workdir, f"--config.dataset=folder:{tiny}", "--config.num_train_steps=2", *CLI_OVERRIDES)
+        assert result.returncode == 1, result.stderr[-3000:]
+        assert result.stderr.strip().splitlines() == [result.stderr.strip()], result.stderr[-3000:]
+        assert re.fullmatch(rf"error: cannot (write to|create) the workdir {workdir}: "
+                            r"(Read-only file system|Not a directory)", result.stderr.strip()), result.stderr
+    finally:
+        if mounted:
+            subprocess.run(["umount", str(target)], check=True)
+
+
+def test_a_full_disk_at_a_save_is_one_line_with_a_distinct_code_and_the_rerun_resumes(tiny, tmp_path):
+    """The workdir on a small tmpfs mounted by the test (these machines run as root); a full disk is then real."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(disk)], capture_output=True).returncode:
+        pytest.skip("mounting a tmpfs is not allowed here (test_a_save_that_would_not_fit_... simulates it)")
+    try:
+        workdir = disk / "run"
+        flags = ["--config.checkpoint_every_steps=2", "--config.eval_every_steps=1000", "--config.keep_checkpoints=50"]
+        cmd, env = cli(workdir, tiny, 60, *flags, devices=1)
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == checkpoint.WRITE_FAILED_EXIT_CODE == 74, done.stderr[-3000:]
+        errors = [line for line in done.stderr.splitlines() if "error" in line.lower() or "Traceback" in line]
+        assert len(errors) == 1, done.stderr[-3000:]
+        kept = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+        assert re.fullmatch(rf"error: saving step {kept[-1] + 2} to {workdir / 'checkpoints'} failed: no space left on "
+                            rf"the device \(the step needs about [0-9.]+ MB, [0-9.]+ (MB|KB) are free\)\. Saved steps "
+                            rf"{re.escape(str(kept))} are intact and no partial step is left; free some space and "
+                            rf"rerun the same command to resume from step {kept[-1]}", errors[0]), errors[0]
+        assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == sorted(map(str, kept))  # no *-tmp
+        for step in kept:
+            checkpoint.verify_step(checkpoint.manager(str(workdir), create=False), step)
+        subprocess.run(["mount", "-o", "remount,size=64m", str(disk)], check=True)  # space freed
+        cmd, env = cli(workdir, tiny, kept[-1] + 4, *flags, devices=1)
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0 and f"resumed from step {kept[-1]}" in done.stderr, done.stderr[-3000:]
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)
+
+
+def test_a_save_that_would_not_fit_is_refused_before_writing(tiny, tmp_path, monkeypatch):
+    """The same case simulated (for machines where a tmpfs cannot be mounted): the disk reports too little space
+    from step 4 on."""
+    real = shutil.disk_usage
+    full = {"on": False}
+
+    def disk_usage(path):
+        usage = real(path)
+        return usage._replace(free=100_000) if full["on"] else usage
+
+    monkeypatch.setattr(checkpoint.shutil, "disk_usage", disk_usage)
+    c = tiny_config(tiny, num_train_steps=8, checkpoint_every_steps=2, eval_every_steps=100)
+    with pytest.raises(checkpoint.WriteFailed, match=r"saving step 4 to .* failed: no space left on the device "
+                                                     r"\(the step needs about .*, 97.7 KB are free\)\. Saved steps "
+                                                     r"\[2\] are intact"):
+        training.train_and_evaluate(c, str(tmp_path / "run"), on_step=lambda step: full.update(on=step >= 3))
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["2"]
+
+
+def test_disk_errors_are_told_apart_from_other_errors():
+    tensorstore = ValueError("RESOURCE_EXHAUSTED: Error writing local file \"x\": Failed to write 11154 bytes to file "
+                             "8: No space left on device [os_error_code='28']")
+    assert checkpoint.disk_error(tensorstore) == "no space left on the device"
+    assert checkpoint.disk_error(OSError(122, "Disk quota exceeded")) == "the disk quota is exceeded"
+    assert checkpoint.disk_error(OSError(30, "Read-only file system")) == "the filesystem is read-only"
+    assert checkpoint.disk_error(ValueError("shape mismatch")) is None

@@ -1,13 +1,14 @@
 """The ImageNet half: Tiny ImageNet's real photographs through train.py and evaluate.py, readable class names,
 and a failed start that writes nothing."""
 
+import json
 import os
 
 import numpy as np
 import pytest
 
 import evaluate
-from resnet_jax import checkpoint, class_names, data, train_lib
+from resnet_jax import checkpoint, class_names, data, training
 from resnet_jax.configs import tiny_imagenet
 
 
@@ -51,7 +52,7 @@ def test_failed_start_writes_nothing(tmp_path):
     c = tiny_imagenet.get_config("resnet18")
     c.dataset = f"folder:{tmp_path / 'absent'}"
     with pytest.raises(data.DataError, match="has no split 'train'"):
-        train_lib.train_and_evaluate(c, str(workdir))
+        training.train_and_evaluate(c, str(workdir))
     assert not workdir.exists()
 
 
@@ -61,7 +62,7 @@ def test_tiny_imagenet_trains_and_predicts_in_class_names(tiny_imagenet_root, tm
     c.update(dict(dataset=f"folder:{tiny_imagenet_root}", train_split="train[:64]", eval_split="val[:40]",
                   batch_size=8, eval_batch_size=20, num_train_steps=2, log_every_steps=1, eval_every_steps=2,
                   checkpoint_every_steps=2))
-    result = train_lib.train_and_evaluate(c, str(workdir))
+    result = training.train_and_evaluate(c, str(workdir))
     assert result["step"] == 2 and np.isfinite(result["eval_top1_error"])
     _, _, info = checkpoint.load_checkpoint(str(workdir))
     assert info["num_classes"] == 200
@@ -72,3 +73,35 @@ def test_tiny_imagenet_trains_and_predicts_in_class_names(tiny_imagenet_root, tm
     assert str(photo) in out and "(n0" in out  # names, with the wnid beside them
     assert len([line for line in out.splitlines() if "%" in line]) == 5
     assert os.path.isdir(checkpoint.checkpoint_dir(str(workdir)))
+
+
+def test_imagenet_study_trains_four_models_and_writes_figure_4_and_table_2(tiny_imagenet_root, tmp_path):
+    """``reproduce imagenet`` on 3 real classes for 24 steps: plain-18/34 and ResNet-18/34 (option A) train
+    through the normal code, are evaluated center and 10-crop, and the figure and table are written; a rerun
+    skips the trained models and their evaluation."""
+    from resnet_jax import reproduce
+
+    args = ["imagenet", f"--dataset=folder:{tiny_imagenet_root}", "--classes=3", "--steps=24", "--batch_size=16",
+            f"--workdir={tmp_path}"]
+    reproduce.main(args)
+    table = (tmp_path / "imagenet.md").read_text()
+    for name in ("plain-18", "plain-34", "ResNet-18", "ResNet-34"):
+        assert f"| {name} |" in table, table
+    assert "top-1 center" in table and "top-1 10-crop" in table and "| 27.94 % |" in table
+    assert "3 classes, 600 training and 150 validation images" in table
+    assert table.count("at this budget") == 3  # each of Sec. 4.1's claims, with its numbers
+    assert (tmp_path / "imagenet.png").stat().st_size > 5000
+    for model in reproduce.IMAGENET_MODELS:
+        evaluation = json.loads((tmp_path / model / "evaluation.json").read_text())
+        assert evaluation["step"] == 24 and evaluation["10"]["num_examples"] == 150
+        assert evaluation["center"]["view"] == "center crop" and evaluation["10"]["view"] == "10-crop"
+        _, _, info = checkpoint.load_checkpoint(str(tmp_path / model))
+        assert info["num_classes"] == 3 and info["class_names"][0] == "goldfish"
+        rows = [json.loads(line) for line in (tmp_path / model / "metrics.jsonl").read_text().splitlines()]
+        losses = [r["train_loss"] for r in rows if "train_loss" in r]
+        assert len(losses) >= 4 and all(np.isfinite(losses))
+    _, _, info = checkpoint.load_checkpoint(str(tmp_path / "resnet34"))
+    assert info["model_options"]["shortcut"] == "A"
+    mtimes = {m: (tmp_path / m / "evaluation.json").stat().st_mtime for m in reproduce.IMAGENET_MODELS}
+    reproduce.main(args)  # finished models and their evaluations are skipped
+    assert mtimes == {m: (tmp_path / m / "evaluation.json").stat().st_mtime for m in reproduce.IMAGENET_MODELS}

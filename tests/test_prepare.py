@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 import evaluate
-from resnet_jax import checkpoint, prepare, train_lib
+from resnet_jax import checkpoint, prepare, training
 from resnet_jax.configs import imagenet
 
 tfds = pytest.importorskip("tensorflow_datasets")
@@ -61,7 +61,7 @@ def test_prepare_train_and_evaluate_imagenet2012(archives, tmp_path, capsys):
     c = imagenet.get_config("resnet18")
     c.update(dict(data_dir=str(data_dir), image_size=64, batch_size=4, eval_batch_size=4, num_train_steps=2,
                   log_every_steps=1, eval_every_steps=2, checkpoint_every_steps=2))
-    result = train_lib.train_and_evaluate(c, str(workdir))
+    result = training.train_and_evaluate(c, str(workdir))
     assert result["step"] == 2
     _, _, info = checkpoint.load_checkpoint(str(workdir))
     assert info["num_classes"] == 1000 and info["class_names"][:2] == ["tench", "goldfish"]

@@ -18,7 +18,7 @@ import optax
 import pytest
 from PIL import Image
 
-from resnet_jax import checkpoint, data, models, train_lib
+from resnet_jax import checkpoint, data, models, training
 from resnet_jax.configs import cifar10
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -60,10 +60,10 @@ CLI_OVERRIDES = ["--config.train_split=train", "--config.learning_rate=0.01", "-
 
 def test_paper_cifar_schedule():
     c = cifar10.get_config("cifar_resnet20")
-    lr = train_lib.learning_rate_schedule(c, 351)
+    lr = training.learning_rate_schedule(c, 351)
     assert [float(lr(s)) for s in (0, 31_999, 32_000, 47_999, 48_000, 63_999)] == pytest.approx(
         [0.1, 0.1, 0.01, 0.01, 0.001, 0.001])
-    warm = train_lib.learning_rate_schedule(cifar10.get_config("cifar_resnet110"), 351)
+    warm = training.learning_rate_schedule(cifar10.get_config("cifar_resnet110"), 351)
     assert [float(warm(s)) for s in (0, 399, 400, 32_000)] == pytest.approx([0.01, 0.01, 0.1, 0.01])
 
 
@@ -71,12 +71,12 @@ def test_imagenet_schedule_options():
     from resnet_jax.configs import imagenet
 
     c = imagenet.get_config("resnet50")
-    lr = train_lib.learning_rate_schedule(c, 5004)
+    lr = training.learning_rate_schedule(c, 5004)
     assert [float(lr(s)) for s in (0, 150_119, 150_120, 300_240, 450_360)] == pytest.approx(
         [0.1, 0.1, 0.01, 0.001, 0.0001])
     c.update(dict(batch_size=1024, lr_scaling="linear", warmup="linear", warmup_steps=100, schedule="cosine",
                   num_train_steps=1100))
-    lr = train_lib.learning_rate_schedule(c, 1251)
+    lr = training.learning_rate_schedule(c, 1251)
     assert [float(lr(s)) for s in (0, 50, 100, 600, 1100)] == pytest.approx([0, 0.2, 0.4, 0.2, 0], abs=1e-6)
 
 
@@ -91,13 +91,13 @@ def one_step_on_4_devices(sync: bool, tx):
     """One sharded train step of ``small_model`` on 8 images (2 per device), BN statistics per device or
     synchronised; returns the variables before it, the images and labels, the new state and the metrics."""
     assert jax.device_count() == 4
-    model = small_model().clone(bn_axis_name=train_lib.AXIS if sync else None)
-    mesh = train_lib.make_mesh()
-    state = train_lib.create_train_state(model, tx, 8, 0, mesh)
+    model = small_model().clone(bn_axis_name=training.AXIS if sync else None)
+    mesh = training.make_mesh()
+    state = training.create_train_state(model, tx, 8, 0, mesh)
     images = np.random.default_rng(0).integers(0, 256, (8, 8, 8, 3), dtype=np.uint8)
     labels = np.arange(8, dtype=np.int32) % 3
     variables = jax.device_get(state.variables)
-    step = train_lib.make_train_step(model, tx, mesh, 0.0, 255.0, 3)
+    step = training.make_train_step(model, tx, mesh, 0.0, 255.0, 3)
     new, metrics = step(state, data.to_global({"image": images, "label": labels}, mesh))
     return variables, images, labels, new, metrics
 
@@ -105,7 +105,7 @@ def one_step_on_4_devices(sync: bool, tx):
 @pytest.mark.parametrize("sync", [False, True])
 def test_batch_norm_statistics_per_device_or_synchronised(sync):
     c = tiny_config("unused", learning_rate=0.0, weight_decay=0.0)
-    variables, images, _, new, metrics = one_step_on_4_devices(sync, train_lib.make_optimizer(c, lambda s: 0.0))
+    variables, images, _, new, metrics = one_step_on_4_devices(sync, training.make_optimizer(c, lambda s: 0.0))
     plain = small_model()
 
     def stats(x):
@@ -145,7 +145,7 @@ def test_gradients_are_the_mean_over_devices_not_the_sum(sync):
 
 def test_train_writes_metrics_curves_and_self_describing_checkpoints(tiny, tmp_path):
     workdir = tmp_path / "run"
-    result = train_lib.train_and_evaluate(tiny_config(tiny), str(workdir))
+    result = training.train_and_evaluate(tiny_config(tiny), str(workdir))
     assert result["step"] == 6 and np.isfinite(result["eval_top1_error"])
     events = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
     train_events = [e for e in events if "train_loss" in e]
@@ -163,21 +163,21 @@ def test_train_writes_metrics_curves_and_self_describing_checkpoints(tiny, tmp_p
     assert info["data_position"] == {"seed": 0, "batch_size": 8, "epoch": 1, "step_in_epoch": 2}
     assert model.num_classes == 3 and variables["params"]["fc"]["kernel"].shape == (64, 3)
     # resuming runs only the remaining steps, and a different model in the same workdir is refused
-    more = train_lib.train_and_evaluate(tiny_config(tiny, num_train_steps=8), str(workdir))
+    more = training.train_and_evaluate(tiny_config(tiny, num_train_steps=8), str(workdir))
     assert more["step"] == 8
-    with pytest.raises(train_lib.ConfigError, match=r"holds a run with model='cifar_resnet20'.*another --workdir"):
-        train_lib.prepare(tiny_config(tiny, model="cifar_resnet32"), str(workdir), checkpoint.manager(str(workdir)))
+    with pytest.raises(training.ConfigError, match=r"holds a run with model='cifar_resnet20'.*another --workdir"):
+        training.prepare(tiny_config(tiny, model="cifar_resnet32"), str(workdir), checkpoint.manager(str(workdir)))
 
 
 def test_bad_configs_fail_before_compiling(tiny, tmp_path):
-    with pytest.raises(train_lib.ConfigError, match="unknown model 'resnet21'"):
-        train_lib.prepare(tiny_config(tiny, model="resnet21"), str(tmp_path))
-    with pytest.raises(train_lib.ConfigError, match="batch_size 6 is not divisible by the 4 devices"):
-        train_lib.prepare(tiny_config(tiny, batch_size=6), str(tmp_path))
+    with pytest.raises(training.ConfigError, match="unknown model 'resnet21'"):
+        training.prepare(tiny_config(tiny, model="resnet21"), str(tmp_path))
+    with pytest.raises(training.ConfigError, match="batch_size 6 is not divisible by the 4 devices"):
+        training.prepare(tiny_config(tiny, batch_size=6), str(tmp_path))
     with pytest.raises(data.DataError, match="has no split 'val'"):
-        train_lib.prepare(tiny_config(tiny, eval_split="val"), str(tmp_path))
+        training.prepare(tiny_config(tiny, eval_split="val"), str(tmp_path))
     with pytest.raises(data.DataError, match="not prepared"):
-        train_lib.prepare(tiny_config(tiny, dataset="cifar10", data_dir=str(tmp_path)), str(tmp_path))
+        training.prepare(tiny_config(tiny, dataset="cifar10", data_dir=str(tmp_path)), str(tmp_path))
 
 
 def test_nan_loss_stops_with_the_step_and_keeps_the_good_checkpoint(tiny, tmp_path):
@@ -188,7 +188,7 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_good_checkpoint(tiny, tmp_pa
         workdir = tmp_path / f"nan{k}"
         with pytest.raises(FloatingPointError, match=r"non-finite loss .* at step \d+; stopping\. (The last good "
                                                      r"checkpoint is step \d+|No checkpoint had been saved)") as e:
-            train_lib.train_and_evaluate(c, str(workdir))
+            training.train_and_evaluate(c, str(workdir))
         reported.append(e.value.args[0].split(" at step ")[1].split(";")[0])
         for step in checkpoint.manager(str(workdir)).all_steps():
             _, variables, _ = checkpoint.load_checkpoint(str(workdir), step)
@@ -255,10 +255,10 @@ def test_loops_stop_at_every_step_that_logs_evaluates_checkpoints_or_profiles():
     c = cifar10.get_config("cifar_resnet20")
     c.update(dict(num_train_steps=23, log_every_steps=5, eval_every_steps=10, checkpoint_every_steps=20,
                   steps_per_loop=4, profile_steps="12:14"))
-    assert list(train_lib.loop_lengths(c, 0)) == [4, 1, 4, 1, 2, 2, 1, 4, 1, 3]
-    assert list(train_lib.loop_lengths(c, 21)) == [2]
+    assert list(training.loop_lengths(c, 0)) == [4, 1, 4, 1, 2, 2, 1, 4, 1, 3]
+    assert list(training.loop_lengths(c, 21)) == [2]
     c.update(dict(steps_per_loop=1))
-    assert list(train_lib.loop_lengths(c, 0)) == [1] * 23
+    assert list(training.loop_lengths(c, 0)) == [1] * 23
 
 
 @pytest.mark.parametrize("sig,code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
@@ -287,12 +287,12 @@ def test_a_stop_signal_saves_the_step_it_arrived_in(tiny, tmp_path):
             sent["step"] = step
             os.kill(os.getpid(), signal.SIGTERM)
 
-    with pytest.raises(train_lib.Preempted, match="received SIGTERM: saved step 5, exiting") as e:
-        train_lib.train_and_evaluate(tiny_config(tiny, num_train_steps=50, checkpoint_every_steps=100,
+    with pytest.raises(training.Preempted, match="received SIGTERM: saved step 5, exiting") as e:
+        training.train_and_evaluate(tiny_config(tiny, num_train_steps=50, checkpoint_every_steps=100,
                                                  eval_every_steps=100), str(tmp_path / "run"), on_step=on_step)
     assert e.value.exit_code == 143 and sent == {"step": 5}
     assert checkpoint.manager(str(tmp_path / "run")).all_steps() == [5]
-    assert train_lib.MAX_CALLS_IN_FLIGHT <= 2
+    assert training.MAX_CALLS_IN_FLIGHT <= 2
 
 
 def free_port():
@@ -332,12 +332,12 @@ def test_two_processes_train_like_one_with_the_same_global_batch(tiny, tmp_path)
 
 
 def test_on_device_batches_are_padded_crops_of_an_epoch_permutation():
-    mesh = train_lib.make_mesh()
+    mesh = training.make_mesh()
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (12, 8, 8, 3), dtype=np.uint8)
     labels = np.arange(12, dtype=np.int32)
     put = lambda x: jax.device_put(x, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))  # noqa: E731
-    dataset = train_lib.OnDeviceData(put(images), put(labels), batch_size=4, seed=3)
+    dataset = training.OnDeviceData(put(images), put(labels), batch_size=4, seed=3)
     draw = jax.jit(dataset.draw)
     epoch = [draw(dataset.arrays, jnp.int32(s)) for s in range(3)]
     seen = np.concatenate([np.asarray(b["label"]) for b in epoch])
@@ -355,32 +355,32 @@ def test_on_device_batches_are_padded_crops_of_an_epoch_permutation():
 
 def test_on_device_training_runs_and_resumes(tiny, tmp_path):
     c = tiny_config(tiny, on_device_data=True, num_train_steps=4, checkpoint_every_steps=2, eval_every_steps=4)
-    first = train_lib.train_and_evaluate(c, str(tmp_path / "a"))
+    first = training.train_and_evaluate(c, str(tmp_path / "a"))
     assert first["step"] == 4 and np.isfinite(first["train_loss"])
-    with pytest.raises(train_lib.ConfigError, match=r"test holds 16x16 images, but image_size is 8"):
-        train_lib.train_and_evaluate(tiny_config(tiny, on_device_data=True, image_size=8, train_split="test"),
+    with pytest.raises(training.ConfigError, match=r"test holds 16x16 images, but image_size is 8"):
+        training.train_and_evaluate(tiny_config(tiny, on_device_data=True, image_size=8, train_split="test"),
                                      str(tmp_path / "c"))
-    with pytest.raises(train_lib.ConfigError, match="on_device_data implements the cifar preset"):
-        train_lib.prepare(tiny_config(tiny, on_device_data=True, train_preset="inception"), str(tmp_path / "b"))
+    with pytest.raises(training.ConfigError, match="on_device_data implements the cifar preset"):
+        training.prepare(tiny_config(tiny, on_device_data=True, train_preset="inception"), str(tmp_path / "b"))
 
 
 def test_on_device_loops_draw_each_steps_batch_like_single_steps():
     model = small_model()
     c = tiny_config("unused")
-    schedule = train_lib.learning_rate_schedule(c, 10)
-    tx = train_lib.make_optimizer(c, schedule)
-    mesh = train_lib.make_mesh()
+    schedule = training.learning_rate_schedule(c, 10)
+    tx = training.make_optimizer(c, schedule)
+    mesh = training.make_mesh()
     rng = np.random.default_rng(0)
-    dataset = train_lib.on_device_data(rng.integers(0, 256, (40, 8, 8, 3), dtype=np.uint8),
+    dataset = training.on_device_data(rng.integers(0, 256, (40, 8, 8, 3), dtype=np.uint8),
                                        rng.integers(0, 3, 40).astype(np.int32), 8, 0, mesh)
     args = (model, tx, mesh, 0.0, 255.0, 3, 0.0, schedule, dataset)
-    single = train_lib.create_train_state(model, tx, 8, 0, mesh)
-    step, losses = train_lib.make_train_step(*args), []
+    single = training.create_train_state(model, tx, 8, 0, mesh)
+    step, losses = training.make_train_step(*args), []
     for _ in range(7):  # across an epoch boundary (5 steps per epoch)
         single, metrics = step(single, dataset.arrays)
         losses.append(float(metrics["loss"]))
-    looped = train_lib.create_train_state(model, tx, 8, 0, mesh)
-    loop = train_lib.make_train_loop(*args, steps_per_loop=4)
+    looped = training.create_train_state(model, tx, 8, 0, mesh)
+    loop = training.make_train_loop(*args, steps_per_loop=4)
     looped, first = loop(looped, dataset.arrays, 4)
     looped, rest = loop(looped, dataset.arrays, 3)
     assert [float(x) for x in [*first["loss"], *rest["loss"][:3]]] == losses and int(looped.step) == 7
@@ -394,13 +394,25 @@ def test_synthetic_data_trains_on_the_device_without_a_dataset(tmp_path):
     assert source.arrays[1].max() == 4
     c = tiny_config("unused", dataset="synthetic:5", image_size=8, train_split="train", eval_split="test",
                     num_train_steps=2, eval_every_steps=2, checkpoint_every_steps=2, eval_batch_size=512)
-    with pytest.raises(train_lib.ConfigError, match="synthetic data is generated in memory for on_device_data"):
-        train_lib.prepare(c, str(tmp_path / "host"))
+    with pytest.raises(training.ConfigError, match="synthetic data is generated in memory for on_device_data"):
+        training.prepare(c, str(tmp_path / "host"))
     c.on_device_data = True
-    result = train_lib.train_and_evaluate(c, str(tmp_path / "run"))
+    result = training.train_and_evaluate(c, str(tmp_path / "run"))
     assert result["step"] == 2 and np.isfinite(result["eval_top1_error"])
     with pytest.raises(data.DataError, match="synthetic data has no split 'val'"):
         data.get_source("synthetic", "val")
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_a_run_prints_no_tensorflow_or_absl_start_up_lines_unless_verbose(tiny, tmp_path, verbose):
+    cmd, env = cli(tmp_path / "run", tiny, 2, "--config.eval_every_steps=2", devices=1,
+                   env={"RESNET_JAX_VERBOSE": "1" if verbose else ""})
+    env = {k: v for k, v in env.items() if not k.startswith("TF_")}  # conftest quiets TensorFlow for the suite
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    chatter = [line for line in done.stderr.splitlines() if "oneDNN custom operations" in line
+               or "absl::InitializeLog" in line or "cpu_feature_guard" in line]
+    assert bool(chatter) == verbose, done.stderr[-3000:]
 
 
 def test_cifar_folders_train_and_evaluate_without_tensorflow(tiny, tmp_path):
@@ -427,14 +439,14 @@ def test_cifar_folders_train_and_evaluate_without_tensorflow(tiny, tmp_path):
 def test_degradation_study_trains_resumes_and_reports(tiny, tmp_path, monkeypatch):
     from resnet_jax import reproduce
 
-    real = reproduce.study_config
+    real = reproduce.degradation_config
 
-    def small(model, dataset, steps, data_dir, on_device):  # the study's recipe, on tiny 16x16 images
-        c = real(model, dataset, steps, data_dir, on_device)
+    def small(model, args):  # the study's recipe, on tiny 16x16 images
+        c = real(model, args)
         c.update(dict(image_size=16, batch_size=8, eval_batch_size=8, log_every_steps=1))
         return c
 
-    monkeypatch.setattr(reproduce, "study_config", small)
+    monkeypatch.setattr(reproduce, "degradation_config", small)
     args = ["degradation", f"--dataset=folder:{tiny}", "--steps=4", f"--workdir={tmp_path}",
             "--models=cifar_plain20,cifar_resnet20"]
     reproduce.main(args)
@@ -448,12 +460,12 @@ def test_degradation_study_trains_resumes_and_reports(tiny, tmp_path, monkeypatc
 
 def test_profile_steps_write_a_trace(tiny, tmp_path):
     workdir = tmp_path / "run"
-    train_lib.train_and_evaluate(tiny_config(tiny, num_train_steps=4, profile_steps="1:3"), str(workdir))
+    training.train_and_evaluate(tiny_config(tiny, num_train_steps=4, profile_steps="1:3"), str(workdir))
     files = [p for p in (workdir / "profile").rglob("*") if p.is_file()]
     assert any(p.name.endswith(".xplane.pb") for p in files)  # TensorBoard's profile plugin
     assert any(p.name.endswith(".trace.json.gz") for p in files)  # Perfetto (ui.perfetto.dev)
-    with pytest.raises(train_lib.ConfigError, match="profile_steps must be START:STOP"):
-        train_lib.prepare(tiny_config(tiny, profile_steps="10"), str(tmp_path))
+    with pytest.raises(training.ConfigError, match="profile_steps must be START:STOP"):
+        training.prepare(tiny_config(tiny, profile_steps="10"), str(tmp_path))
 
 
 # ------------------------------------------------------------------------------------------- fine-tuning
@@ -471,7 +483,7 @@ def test_fine_tuning_a_linear_probe_from_another_run(tiny, tmp_path, caplog):
     c = tiny_config(tiny, num_train_steps=4, init_from=f"{source}:7", freeze="backbone", head_lr_multiplier=10.0,
                     learning_rate=0.001, eval_every_steps=4, checkpoint_every_steps=2)
     with caplog.at_level(logging.INFO, logger="resnet_jax"):
-        train_lib.train_and_evaluate(c, str(workdir))
+        training.train_and_evaluate(c, str(workdir))
     assert "the classifier fc is re-initialised for 3 classes (the checkpoint has 10)" in caplog.text
     _, tuned, info = checkpoint.load_checkpoint(str(workdir))
     assert info["num_classes"] == 3 and info["class_names"] == ["ant", "bee", "cat"] and info["step"] == 4
@@ -483,7 +495,7 @@ def test_fine_tuning_a_linear_probe_from_another_run(tiny, tmp_path, caplog):
     assert tuned["params"]["fc"]["kernel"].shape == (64, 3)
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="resnet_jax"):  # a rerun resumes its own checkpoint
-        assert train_lib.train_and_evaluate(dict_update(c, num_train_steps=6), str(workdir))["step"] == 6
+        assert training.train_and_evaluate(dict_update(c, num_train_steps=6), str(workdir))["step"] == 6
     assert "resumed from step 4" in caplog.text and "initialising from" not in caplog.text
 
 
@@ -498,15 +510,15 @@ def test_freezing_and_the_head_multiplier_shape_the_updates():
     c.head_lr_multiplier = 10.0
     params = {"conv1": {"kernel": jnp.ones(2)}, "stage1": {"w": jnp.ones(2)}, "fc": {"kernel": jnp.ones(2)}}
     grads = jax.tree.map(jnp.ones_like, params)
-    plain = train_lib.make_optimizer(cifar10.get_config(), lambda s: 0.1)
-    tx = train_lib.make_optimizer(c, lambda s: 0.1, frozen=("stem",))
+    plain = training.make_optimizer(cifar10.get_config(), lambda s: 0.1)
+    tx = training.make_optimizer(c, lambda s: 0.1, frozen=("stem",))
     base, _ = plain.update(grads, plain.init(params), params)
     got, _ = tx.update(grads, tx.init(params), params)
     np.testing.assert_array_equal(got["conv1"]["kernel"], 0.0)  # frozen: no update, no decay
     np.testing.assert_allclose(got["stage1"]["w"], base["stage1"]["w"])
     np.testing.assert_allclose(got["fc"]["kernel"], 10 * base["fc"]["kernel"], rtol=1e-6)
-    with pytest.raises(train_lib.ConfigError, match=r"freeze: unknown part\(s\) \['stage9'\]"):
-        train_lib.frozen_parts(dict_update(c, freeze="stem,stage9"), models.create_model("cifar_resnet20"))
+    with pytest.raises(training.ConfigError, match=r"freeze: unknown part\(s\) \['stage9'\]"):
+        training.frozen_parts(dict_update(c, freeze="stem,stage9"), models.create_model("cifar_resnet20"))
 
 
 def test_the_optimizer_takes_the_plain_defaults_the_benchmarks_use():
@@ -514,5 +526,5 @@ def test_the_optimizer_takes_the_plain_defaults_the_benchmarks_use():
 
     from resnet_jax.configs import default
 
-    tx = train_lib.make_optimizer(SimpleNamespace(**default.fields()), lambda s: 0.1)
+    tx = training.make_optimizer(SimpleNamespace(**default.fields()), lambda s: 0.1)
     assert tx.init({"w": jnp.ones(2)}) is not None

@@ -45,6 +45,7 @@ def fields() -> dict[str, Any]:
     c.lr_boundaries = (32_000, 48_000)  # steps where the rate is divided by 10
     c.lr_boundaries_epochs = ()  # the same in epochs (used when non-empty)
     c.warmup_steps = 0
+    c.warmup_epochs = 0.0  # the same in epochs (used when > 0)
     c.warmup = "constant"  # "constant": warmup_lr until warmup_steps (Sec. 4.2); "linear": 0 -> learning_rate
     c.warmup_lr = 0.01
     c.label_smoothing = 0.0

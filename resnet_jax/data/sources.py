@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from resnet_jax import quiet
 from resnet_jax.data.errors import DataError
 from resnet_jax.data.files import IMAGE_EXTENSIONS, image_problem
 
@@ -113,10 +114,12 @@ def tfds_source(name: str, split: str, data_dir: str | None = None) -> Source:
     import tensorflow_datasets as tfds
 
     try:
-        builder = tfds.builder(name, data_dir=data_dir)
+        with quiet.library_warnings():
+            builder = tfds.builder(name, data_dir=data_dir)
+            prepared = builder.is_prepared()
     except Exception as e:  # DatasetNotFoundError and friends
         raise DataError(f"unknown TFDS dataset {name!r}: {e}") from e
-    if not builder.is_prepared():
+    if not prepared:
         from resnet_jax import prepare
 
         problem = prepare.unreachable(name) if name in prepare.AUTOMATIC else None

@@ -1,0 +1,225 @@
+"""The training loop: open the run, build its state and step, then train call by call, with the periodic actions
+of ``periodic`` (where ``Triggers`` says when each one happens)."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+import os
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
+
+import jax
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from resnet_jax import checkpoint, data, evaluation
+from resnet_jax.training.errors import ConfigError
+from resnet_jax.training.failures import data_failure
+from resnet_jax.training.init import merge_variables
+from resnet_jax.training.lock import WorkdirLock
+from resnet_jax.training.on_device import OnDeviceData, on_device_data
+from resnet_jax.training.periodic import InFlight, Profiler, StopSignals, TrainMetrics, Triggers
+from resnet_jax.training.recipe import learning_rate_schedule, make_optimizer
+from resnet_jax.training.run import Run, prepare, train_iterator
+from resnet_jax.training.step import (
+    TrainState,
+    create_train_state,
+    make_mesh,
+    make_train_loop,
+    make_train_step,
+    stack_batches,
+)
+
+if TYPE_CHECKING:
+    import ml_collections
+
+log = logging.getLogger(__name__)
+
+
+def open_run(config: ml_collections.ConfigDict, workdir: str) -> tuple[Run, Any, WorkdirLock | None]:
+    """The prepared run, its checkpoint manager and the workdir's run lock (held by process 0; another live run
+    on the workdir is refused before anything else). A start that fails (bad config, unprepared dataset) writes
+    nothing: the workdir and its checkpoint directory are created only once the run has been prepared."""
+    lock = take_lock(workdir) if os.path.isdir(workdir) else None
+    mngr = None
+    try:
+        if os.path.isdir(checkpoint.checkpoint_dir(workdir)):
+            mngr = checkpoint.manager(workdir, keep=config.keep_checkpoints)
+            checkpoint.newest_good_step(mngr)  # damaged newer steps are set aside, with a warning
+        run = prepare(config, workdir, mngr)
+        if mngr is None:
+            try:
+                os.makedirs(workdir, exist_ok=True)
+            except OSError as e:
+                raise ConfigError(f"cannot create the workdir {workdir}: {e.strerror}") from None
+            lock = lock or take_lock(workdir)
+            mngr = checkpoint.manager(workdir, keep=config.keep_checkpoints)
+    except Exception:
+        if mngr is not None:
+            mngr.close()
+        if lock is not None:
+            lock.release()
+        raise
+    return run, mngr, lock
+
+
+def take_lock(workdir: str) -> WorkdirLock | None:
+    """Process 0 holds the workdir's run lock (the others write nothing of their own there)."""
+    return WorkdirLock(workdir).acquire() if jax.process_index() == 0 else None
+
+
+def initial_state(run: Run, mngr: Any, tx: Any, mesh: jax.sharding.Mesh) -> tuple[TrainState, int]:
+    """The state to train from and its step: the latest checkpoint, else ``init_from``'s weights, else He init."""
+    config = run.config
+    state = create_train_state(run.model, tx, config.image_size, config.seed, mesh)
+    start = mngr.latest_step() or 0
+    if not start and run.init is not None:  # a new run from another's weights (a resume wins over init_from)
+        variables = merge_variables(state.variables, run.init["variables"])
+        state = state.replace(params=variables["params"], batch_stats=variables["batch_stats"],
+                              opt_state=tx.init(variables["params"]))
+    if start:
+        restored = checkpoint.restore(mngr, start, state.variables, {"step": state.step, "opt_state": state.opt_state},
+                                      sharding=NamedSharding(mesh, P()))
+        state = TrainState(restored["train"]["step"], restored["variables"]["params"],
+                           restored["variables"]["batch_stats"], restored["train"]["opt_state"])
+        log.info("resumed from step %d", start)
+    return state, start
+
+
+@dataclasses.dataclass
+class Steps:
+    """How the run trains: ``call(state, batch, n)`` runs n steps, and ``batches(start)`` yields each call's batch
+    given its length (the device-resident train set with on-device data, else the next host batches, stacked for
+    a loop on the device)."""
+
+    call: Callable
+    run: Run
+    mesh: jax.sharding.Mesh
+    dataset: OnDeviceData | None
+    steps_per_loop: int
+
+    @classmethod
+    def build(cls, run: Run, tx: Any, schedule: Any, mesh: jax.sharding.Mesh) -> Steps:
+        config = run.config
+        dataset = on_device_data(*run.arrays["train"], config.batch_size, config.seed, mesh) if run.arrays else None
+        k = config.get("steps_per_loop", 1)
+        args = (run.model, tx, mesh, run.mean, run.std, run.model.num_classes, config.label_smoothing, schedule,
+                dataset)
+        if k > 1:  # one call runs up to steps_per_loop steps (bitwise the same training)
+            call = make_train_loop(*args, k)
+        else:
+            step = make_train_step(*args)
+            call = lambda state, batch, n: step(state, batch)  # noqa: E731
+        return cls(call, run, mesh, dataset, k)
+
+    def host_batches(self, start: int) -> Iterator[dict[str, jax.Array]] | None:
+        return None if self.dataset is not None else train_iterator(self.run, start)
+
+    def batch(self, source: Iterator | None, n: int, step: int, save: Callable, mngr: Any) -> Any:
+        """The batch of the call that runs steps ``step + 1 .. step + n``. An image the pipeline cannot decode
+        keeps the trained steps, then names the file (``data_failure``)."""
+        if self.dataset is not None:
+            return self.dataset.arrays  # the step draws its own batches
+        local: list[dict] = []
+        try:
+            local.extend(next(source) for _ in range(n))
+        except Exception as e:
+            raise data_failure(self.run, self.run.train_source, e, step, save, mngr, step + len(local)) from e
+        if self.steps_per_loop > 1:
+            return stack_batches(local, self.mesh, self.steps_per_loop)
+        return data.to_global(local[0], self.mesh)
+
+
+class Checkpointer:
+    """Saves a step with its description (``run.meta``) and data position; never a step after a non-finite loss."""
+
+    def __init__(self, run: Run, mngr: Any, metrics: TrainMetrics):
+        self.run, self.mngr, self.metrics = run, mngr, metrics
+
+    def save(self, state: TrainState, step: int, eval_metrics: dict | None) -> None:
+        self.metrics.flush(keep=True)  # raises on a non-finite loss
+        config, per_epoch = self.run.config, self.run.steps_per_epoch
+        meta = dict(self.run.meta, step=step, data_position=dict(seed=config.seed, batch_size=config.batch_size,
+                                                                 epoch=step // per_epoch,
+                                                                 step_in_epoch=step % per_epoch))
+        checkpoint.save(self.mngr, step, state.variables, meta, {"step": state.step, "opt_state": state.opt_state},
+                        eval_metrics)
+
+
+class Evaluator:
+    """Validation error during training, on the run's eval split (its whole images or center crops)."""
+
+    def __init__(self, run: Run, mesh: jax.sharding.Mesh):
+        self.run, self.mesh = run, mesh
+        self.step_fn = evaluation.make_eval_step(run.model, run.mean, run.std)
+
+    def __call__(self, state: TrainState, step: int, save: Callable, mngr: Any) -> dict:
+        run, config = self.run, self.run.config
+        batches = (data.array_batches(*run.arrays["eval"], config.eval_batch_size) if run.arrays else
+                   data.eval_batches(run.eval_source, config.eval_batch_size, config.eval_preset, config.image_size))
+        try:
+            result = evaluation.evaluate(self.step_fn, state.variables, batches, self.mesh)
+        except Exception as e:
+            raise data_failure(run, run.eval_source, e, step, save, mngr) from e
+        return {"eval_top1_error": result["top1_error"], "eval_top5_error": result["top5_error"],
+                "eval_loss": result["loss"]}
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       on_step: Callable[[int], None] | None = None) -> dict:
+    """Train (resuming from the latest checkpoint in ``workdir``), evaluate and checkpoint; returns the
+    last logged metrics. ``on_step(step)`` is called after every train call (every step, or every loop of
+    ``steps_per_loop`` steps; e.g. for a study-wide progress bar)."""
+    from resnet_jax import logger  # matplotlib, tqdm, tensorboardX: only the CLI path needs them
+
+    run, mngr, lock = open_run(config, workdir)
+    mesh = make_mesh()
+    schedule = learning_rate_schedule(config, run.steps_per_epoch)
+    tx = make_optimizer(config, schedule, run.model.frozen)
+    state, start = initial_state(run, mngr, tx, mesh)
+    steps, evaluate = Steps.build(run, tx, schedule, mesh), Evaluator(run, mesh)
+    triggers, metrics = Triggers.from_config(config), TrainMetrics(mngr, workdir)
+    saver, profiler, in_flight = Checkpointer(run, mngr, metrics), Profiler(workdir, triggers.profile), InFlight()
+    out = logger.RunLogger(workdir, config.num_train_steps, start, config.batch_size, run.steps_per_epoch)
+    source, last, step = steps.host_batches(start), {}, start
+    try:
+        with StopSignals() as stop:
+            for n in triggers.loop_lengths(start, steps.steps_per_loop):
+                profiler.before_call(step)
+                batch = steps.batch(source, n, step, functools.partial(saver.save, state), mngr)
+                state, step_metrics = steps.call(state, batch, n)
+                step += n
+                metrics.add(step, n, step_metrics)
+                in_flight.add(n, step_metrics["loss"], last=step == config.num_train_steps)
+                profiler.after_call(step, state)
+                out.tick(step - in_flight.steps)
+                if on_step is not None:
+                    on_step(step)
+                if triggers.log(step):
+                    last = dict(metrics.flush() or {})
+                    out.log(step, last)
+                eval_metrics = None
+                if triggers.evaluate(step):
+                    eval_metrics = evaluate(state, step, functools.partial(saver.save, state), mngr)
+                    last.update(eval_metrics)
+                    out.log(step, eval_metrics)
+                if triggers.checkpoint(step) or stop.signum:
+                    saver.save(state, step, eval_metrics)
+                if stop.signum:
+                    checkpoint.finish(mngr)
+                    raise stop.preempted(step)
+            checkpoint.finish(mngr)
+    except OSError as e:  # the logs on a full disk (checkpoints raise WriteFailed themselves)
+        failure = checkpoint.write_failure(mngr, e, what=f"writing the logs in {workdir}")
+        if failure is e:
+            raise
+        raise failure from e
+    finally:
+        profiler.close()
+        checkpoint.close(mngr)
+        out.close()
+        if lock is not None:
+            lock.release()
+    return dict(last, step=step)

@@ -1,0 +1,181 @@
+"""When things happen during training: the loop's periodic actions (log, evaluate, checkpoint, profile, stop on a
+signal), each a small object with one trigger, in the spirit of CLU's periodic actions. ``Triggers`` is the one
+place that says at which steps the run logs, evaluates, checkpoints and profiles."""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import logging
+import os
+import signal
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+import jax
+import numpy as np
+
+from resnet_jax import checkpoint
+from resnet_jax.training.errors import ConfigError, Preempted
+
+if TYPE_CHECKING:
+    import ml_collections
+
+log = logging.getLogger(__name__)
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+MAX_CALLS_IN_FLIGHT = 2  # dispatched but not finished: enough to keep an accelerator busy, and a prompt stop
+
+
+def profile_steps(config: ml_collections.ConfigDict) -> tuple[int, int] | None:
+    """``profile_steps="START:STOP"`` -> (START, STOP): trace the steps after START up to STOP."""
+    spec = config.get("profile_steps", "")
+    if not spec:
+        return None
+    try:
+        start, stop = (int(x) for x in spec.split(":"))
+    except ValueError:
+        raise ConfigError(f"profile_steps must be START:STOP, e.g. 10:20, got {spec!r}") from None
+    if not 0 <= start < stop:
+        raise ConfigError(f"profile_steps {spec!r}: need 0 <= START < STOP")
+    return start, stop
+
+
+@dataclasses.dataclass(frozen=True)
+class Triggers:
+    """The steps at which a run logs, evaluates and checkpoints (every ``*_every_steps`` and at the last step),
+    and the profiled span; train calls (loops of up to ``steps_per_loop`` steps) end at each of them."""
+
+    total: int
+    log_every: int
+    eval_every: int
+    checkpoint_every: int
+    profile: tuple[int, int] | None = None
+
+    @classmethod
+    def from_config(cls, config: ml_collections.ConfigDict) -> Triggers:
+        return cls(config.num_train_steps, config.log_every_steps, config.eval_every_steps,
+                   config.checkpoint_every_steps, profile_steps(config))
+
+    def log(self, step: int) -> bool:
+        return step % self.log_every == 0 or step == self.total
+
+    def evaluate(self, step: int) -> bool:
+        return step % self.eval_every == 0 or step == self.total
+
+    def checkpoint(self, step: int) -> bool:
+        return step % self.checkpoint_every == 0 or step == self.total
+
+    def loop_lengths(self, start: int, steps_per_loop: int) -> Iterator[int]:
+        """How many steps each train call runs, from ``start`` to the end: ``steps_per_loop``, or fewer to stop at
+        the next step that logs, evaluates, checkpoints, starts or stops a profile, or ends the run."""
+        every = (self.log_every, self.eval_every, self.checkpoint_every)
+        step = start
+        while step < self.total:
+            stop = min([self.total, *((step // e + 1) * e for e in every),
+                        *(m for m in self.profile or () if m > step)])
+            n = min(steps_per_loop, stop - step)
+            yield n
+            step += n
+
+
+def loop_lengths(config: ml_collections.ConfigDict, start: int) -> Iterator[int]:
+    """``Triggers.loop_lengths`` of a config."""
+    return Triggers.from_config(config).loop_lengths(start, config.get("steps_per_loop", 1))
+
+
+class StopSignals:
+    """SIGTERM and SIGINT are noted (not acted on at once) while installed; the loop saves and stops at the end of
+    the train call during which one arrived."""
+
+    def __init__(self):
+        self.signum: int | None = None
+        self._previous: dict = {}
+
+    def __enter__(self) -> StopSignals:
+        self._previous = {sig: signal.signal(sig, self._note) for sig in STOP_SIGNALS}
+        return self
+
+    def _note(self, signum: int, _frame: Any) -> None:
+        self.signum = signum
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def preempted(self, step: int) -> Preempted:
+        return Preempted(f"received {signal.Signals(self.signum).name}: saved step {step}, exiting", self.signum)
+
+
+class Profiler:
+    """A jax.profiler trace of the steps in ``span`` = (START, STOP], written to ``<workdir>/profile`` by process 0."""
+
+    def __init__(self, workdir: str, span: tuple[int, int] | None):
+        self.directory, self.span, self.tracing = os.path.join(workdir, "profile"), span, False
+
+    def before_call(self, step: int) -> None:
+        if self.span and step == self.span[0] and jax.process_index() == 0:
+            jax.profiler.start_trace(self.directory, create_perfetto_trace=True)
+            self.tracing = True
+
+    def after_call(self, step: int, state: Any) -> None:
+        if self.tracing and step == self.span[1]:
+            jax.block_until_ready(state)
+            self.close()
+            log.info("wrote a profile of steps %d-%d to %s", self.span[0] + 1, step, self.directory)
+
+    def close(self) -> None:
+        if self.tracing:
+            jax.profiler.stop_trace()
+            self.tracing = False
+
+
+class InFlight:
+    """Train calls dispatched but not yet finished. The host waits for the device once more than
+    ``MAX_CALLS_IN_FLIGHT`` are queued (and at the end): honest rates and prompt stops."""
+
+    def __init__(self):
+        self.calls: collections.deque = collections.deque()
+
+    def add(self, n: int, loss: jax.Array, last: bool) -> None:
+        self.calls.append((n, loss))
+        while self.calls and (len(self.calls) > MAX_CALLS_IN_FLIGHT or last):
+            self.calls.popleft()[1].block_until_ready()
+
+    @property
+    def steps(self) -> int:
+        return sum(n for n, _ in self.calls)
+
+
+class TrainMetrics:
+    """The device metrics of the train calls since the last log event, fetched once per log event; a non-finite
+    loss stops the run, naming its step and the last good checkpoint."""
+
+    def __init__(self, mngr: Any, workdir: str):
+        self.mngr, self.workdir = mngr, workdir
+        self.pending: list[tuple[int, int, dict]] = []  # (last step of the call, steps in it, metrics)
+
+    def add(self, step: int, n: int, metrics: dict) -> None:
+        self.pending.append((step, n, metrics))
+
+    def flush(self, keep: bool = False) -> dict | None:
+        """Mean loss, error rate and the last learning rate since the last log event (forgotten unless
+        ``keep``); None if no step ran since."""
+        if not self.pending:
+            return None
+        fetched = jax.device_get([m for _, _, m in self.pending])  # per call: scalars, or (steps_per_loop,) arrays
+        per_step = {k: np.concatenate([np.reshape(m[k], -1)[:n] for (_, n, _), m in zip(self.pending, fetched)])
+                    for k in fetched[0]}
+        steps = np.concatenate([np.arange(last - n + 1, last + 1) for last, n, _ in self.pending])
+        if not keep:
+            self.pending.clear()
+        bad = np.flatnonzero(~np.isfinite(per_step["loss"]))
+        if bad.size:
+            self.mngr.wait_until_finished()  # a save still being written counts
+            good = self.mngr.latest_step()
+            where = (f"The last good checkpoint is step {good} in {checkpoint.checkpoint_dir(self.workdir)}"
+                     if good is not None else "No checkpoint had been saved yet")
+            raise FloatingPointError(f"non-finite loss {per_step['loss'][bad[0]]} at step {steps[bad[0]]}; "
+                                     f"stopping. {where}")
+        return {"train_loss": float(np.mean(per_step["loss"])),
+                "train_error": 100.0 * float(per_step["errors"].sum()) / float(per_step["count"].sum()),
+                "learning_rate": float(per_step["learning_rate"][-1])}
