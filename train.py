@@ -10,6 +10,7 @@ jax.distributed initialises itself (pass --multihost); on GPU clusters pass --co
 
 import ast
 import logging
+import os
 import sys
 
 from absl import app, flags
@@ -23,6 +24,7 @@ flags.DEFINE_bool("multihost", False, "call jax.distributed.initialize() (automa
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for multi-host GPU/CPU clusters")
 flags.DEFINE_integer("num_processes", None, "number of processes (multi-host)")
 flags.DEFINE_integer("process_id", None, "this process's index (multi-host)")
+flags.DEFINE_integer("heartbeat_timeout", 60, "multi-host: seconds after which a silent process counts as lost")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -32,7 +34,8 @@ def main(argv):
 
     if FLAGS.coordinator_address or FLAGS.multihost:
         jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU collectives; GPUs/TPUs ignore it
-        jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+        jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
+                                   heartbeat_timeout_seconds=FLAGS.heartbeat_timeout)
     from absl import logging as absl_logging
 
     from resnet_jax import checkpoint, data, quiet, training
@@ -50,8 +53,28 @@ def main(argv):
     except training.Preempted as e:
         print(e)
         sys.exit(e.exit_code)
+    except Exception as e:
+        if jax.process_count() > 1 and lost_process(e):
+            # JAX's shutdown would wait on the lost process, then abort with pages of native stack traces
+            print(f"error: process {jax.process_index()} lost contact with another process of this run "
+                  f"({checkpoint.first_line(e, 200)}); rerun all {jax.process_count()} processes to resume from the "
+                  f"last checkpoint", file=sys.stderr, flush=True)
+            os._exit(LOST_PROCESS_EXIT_CODE)
+        raise
     if jax.process_index() == 0:
         print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()))
+
+
+LOST_PROCESS_EXIT_CODE = 75  # sysexits.h EX_TEMPFAIL: rerun (all processes)
+
+
+def lost_process(error: Exception) -> bool:
+    """Whether a multi-process run failed because another process died (a collective or the coordination
+    service says so), not through an error of its own."""
+    text = str(error)
+    return type(error).__name__ == "JaxRuntimeError" or any(
+        s in text for s in ("heartbeat", "Gloo", "CoordinationService", "Connection reset", "DEADLINE_EXCEEDED",
+                            "barrier", "Timed out"))
 
 
 def parse_flags(argv):

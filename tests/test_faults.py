@@ -2,6 +2,7 @@
 half-written. Each case drives the command line the way a user would (docs/faults.md lists them)."""
 
 import logging
+import os
 import re
 import shutil
 import signal
@@ -10,13 +11,23 @@ import subprocess
 import sys
 import time
 
+import jax
 import numpy as np
 import pytest
 
 import evaluate
 from resnet_jax import checkpoint, convert, data, plot, training
 from tests.test_evaluate import save_run
-from tests.test_train import CLI_OVERRIDES, ROOT, cli, make_folder, tiny_config, wait_for_checkpoint
+from tests.test_train import (
+    CLI_OVERRIDES,
+    ROOT,
+    cli,
+    final_params,
+    free_port,
+    make_folder,
+    tiny_config,
+    wait_for_checkpoint,
+)
 
 
 @pytest.fixture(scope="module")
@@ -327,3 +338,85 @@ def test_disk_errors_are_told_apart_from_other_errors():
     assert checkpoint.disk_error(OSError(122, "Disk quota exceeded")) == "the disk quota is exceeded"
     assert checkpoint.disk_error(OSError(30, "Read-only file system")) == "the filesystem is read-only"
     assert checkpoint.disk_error(ValueError("shape mismatch")) is None
+
+
+def test_a_stop_signal_during_an_evaluation_abandons_it_saves_and_the_resumed_run_evaluates_first(tiny, tmp_path):
+    workdir = tmp_path / "run"
+
+    def on_step(step):
+        if step == 4:  # the signal arrives just before the evaluation of step 4
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    c = tiny_config(tiny, num_train_steps=6, eval_every_steps=4, checkpoint_every_steps=100, log_every_steps=1)
+    with pytest.raises(training.Preempted, match=r"received SIGTERM: saved step 4 during the evaluation of that step "
+                                                 r"\(the resumed run evaluates it first\), exiting"):
+        training.train_and_evaluate(c, str(workdir), on_step=on_step)
+    assert checkpoint.manager(str(workdir)).all_steps() == [4]
+    rows = plot.read_metrics(str(workdir))
+    assert not [r for r in rows if "eval_top1_error" in r]  # abandoned, not logged
+    assert training.train_and_evaluate(c, str(workdir))["step"] == 6
+    evaluated = [r["step"] for r in plot.read_metrics(str(workdir)) if "eval_top1_error" in r]
+    assert evaluated == [4, 6]
+
+
+def test_a_stop_signal_before_training_starts_exits_within_seconds(tiny, tmp_path):
+    """SIGTERM while the run restores, compiles or reads data (nothing new trained): out within GRACE_SECONDS plus
+    a little, even from inside XLA's compile, with exit code 143 and one line."""
+    workdir = tmp_path / "run"
+    cmd, env = cli(workdir, tiny, 8, "--config.eval_every_steps=8", devices=1)
+    cmd = [a.replace("cifar10.py:cifar_resnet20", "cifar10.py:cifar_resnet110") for a in cmd]  # a long compile
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not ((workdir / "run.lock").exists() and (workdir / "run.lock").read_text()):  # prepared: compiling next
+        assert proc.poll() is None and time.time() < deadline, proc.stderr.read()[-3000:]
+        time.sleep(0.05)
+    sent = time.time()
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    took = time.time() - sent
+    assert proc.returncode == 143, err[-3000:]
+    assert "received SIGTERM before training started: nothing new to save, exiting" in out
+    assert "Traceback" not in err, err[-3000:]
+    assert took < training.GRACE_SECONDS + 3, took
+    assert not list((workdir / "checkpoints").glob("*"))  # nothing trained, nothing saved
+
+
+def test_a_lost_process_stops_the_others_in_one_line_and_a_rerun_of_all_resumes_bitwise(tiny, tmp_path):
+    """2 processes x 1 CPU device; process 1 is killed with kill -9 after a checkpoint. Process 0 stops within the
+    heartbeat timeout (60 s) with one line and exit code 75 instead of hanging; rerunning both resumes, and ends
+    with the parameters of an uninterrupted 2-process run."""
+
+    def launch(workdir, steps):
+        port, procs = free_port(), []
+        for pid in (0, 1):
+            cmd, env = cli(workdir, tiny, steps, "--config.checkpoint_every_steps=2", "--config.eval_every_steps=1000",
+                           f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", f"--process_id={pid}",
+                           devices=1)
+            procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        return procs
+
+    workdir = tmp_path / "run"
+    first, second = launch(workdir, 100_000)
+    try:
+        wait_for_checkpoint(workdir, first, timeout=240)
+        second.send_signal(signal.SIGKILL)
+        lost = time.time()
+        _, err = first.communicate(timeout=120)
+        took = time.time() - lost
+    finally:
+        for p in (first, second):
+            p.kill()
+            p.wait()
+    assert first.returncode == 75, err[-3000:]
+    lines = [line for line in err.splitlines() if "error" in line.lower() or "Traceback" in line]
+    assert len(lines) == 1 and lines[0].startswith("error: process 0 lost contact with another process of this "
+                                                   "run ("), err[-3000:]
+    assert lines[0].endswith("rerun all 2 processes to resume from the last checkpoint"), lines[0]
+    assert took < 90, took
+    resume_at = max(checkpoint.manager(str(workdir), create=False).all_steps())
+    for run in (workdir, tmp_path / "reference"):
+        procs = launch(run, resume_at + 2)
+        for p in procs:
+            _, err = p.communicate(timeout=300)
+            assert p.returncode == 0, err[-3000:]
+    jax.tree.map(np.testing.assert_array_equal, final_params(workdir), final_params(tmp_path / "reference"))

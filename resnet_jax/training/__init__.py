@@ -16,7 +16,14 @@ from resnet_jax.training.init import load_init_from, merge_variables
 from resnet_jax.training.lock import WorkdirLock, WorkdirLocked
 from resnet_jax.training.loop import train_and_evaluate
 from resnet_jax.training.on_device import OnDeviceData, on_device_data
-from resnet_jax.training.periodic import MAX_CALLS_IN_FLIGHT, Triggers, loop_lengths, profile_steps
+from resnet_jax.training.periodic import (
+    GRACE_SECONDS,
+    MAX_CALLS_IN_FLIGHT,
+    StopSignals,
+    Triggers,
+    loop_lengths,
+    profile_steps,
+)
 from resnet_jax.training.recipe import frozen_parts, learning_rate_schedule, make_optimizer, model_options
 from resnet_jax.training.run import Run, prepare
 from resnet_jax.training.step import (
@@ -29,8 +36,33 @@ from resnet_jax.training.step import (
     stack_batches,
 )
 
-__all__ = ["AXIS", "MAX_CALLS_IN_FLIGHT", "ConfigError", "OnDeviceData", "Preempted", "Run", "TrainState", "Triggers",
-           "WorkdirLock", "WorkdirLocked",
-           "create_train_state", "frozen_parts", "learning_rate_schedule", "load_init_from", "loop_lengths",
-           "make_mesh", "make_optimizer", "make_train_loop", "make_train_step", "merge_variables", "model_options",
-           "on_device_data", "prepare", "profile_steps", "stack_batches", "train_and_evaluate"]
+__all__ = [
+    "AXIS",
+    "GRACE_SECONDS",
+    "MAX_CALLS_IN_FLIGHT",
+    "ConfigError",
+    "OnDeviceData",
+    "Preempted",
+    "Run",
+    "StopSignals",
+    "TrainState",
+    "Triggers",
+    "WorkdirLock",
+    "WorkdirLocked",
+    "create_train_state",
+    "frozen_parts",
+    "learning_rate_schedule",
+    "load_init_from",
+    "loop_lengths",
+    "make_mesh",
+    "make_optimizer",
+    "make_train_loop",
+    "make_train_step",
+    "merge_variables",
+    "model_options",
+    "on_device_data",
+    "prepare",
+    "profile_steps",
+    "stack_batches",
+    "train_and_evaluate",
+]

@@ -20,7 +20,14 @@ from resnet_jax.training.failures import data_failure
 from resnet_jax.training.init import merge_variables
 from resnet_jax.training.lock import WorkdirLock
 from resnet_jax.training.on_device import OnDeviceData, on_device_data
-from resnet_jax.training.periodic import InFlight, Profiler, StopSignals, TrainMetrics, Triggers
+from resnet_jax.training.periodic import (
+    EvaluationAbandoned,
+    InFlight,
+    Profiler,
+    StopSignals,
+    TrainMetrics,
+    Triggers,
+)
 from resnet_jax.training.recipe import learning_rate_schedule, make_optimizer
 from resnet_jax.training.run import Run, prepare, train_iterator
 from resnet_jax.training.step import (
@@ -133,26 +140,30 @@ class Steps:
 
 
 class Checkpointer:
-    """Saves a step with its description (``run.meta``) and data position; never a step after a non-finite loss."""
+    """Saves a step with its description (``run.meta``) and data position; never a step after a non-finite loss.
+    A step whose evaluation was abandoned is marked ``eval_pending``: the resumed run evaluates it first."""
 
     def __init__(self, run: Run, mngr: Any, metrics: TrainMetrics):
         self.run, self.mngr, self.metrics = run, mngr, metrics
 
-    def save(self, state: TrainState, step: int, eval_metrics: dict | None) -> None:
+    def save(self, state: TrainState, step: int, eval_metrics: dict | None, eval_pending: bool = False) -> None:
         self.metrics.flush(keep=True)  # raises on a non-finite loss
         config, per_epoch = self.run.config, self.run.steps_per_epoch
-        meta = dict(self.run.meta, step=step, data_position=dict(seed=config.seed, batch_size=config.batch_size,
-                                                                 epoch=step // per_epoch,
-                                                                 step_in_epoch=step % per_epoch))
+        meta = {k: v for k, v in self.run.meta.items() if k != "eval_pending"}
+        meta.update(step=step, data_position=dict(seed=config.seed, batch_size=config.batch_size,
+                                                  epoch=step // per_epoch, step_in_epoch=step % per_epoch))
+        if eval_pending:
+            meta["eval_pending"] = True
         checkpoint.save(self.mngr, step, state.variables, meta, {"step": state.step, "opt_state": state.opt_state},
                         eval_metrics)
 
 
 class Evaluator:
-    """Validation error during training, on the run's eval split (its whole images or center crops)."""
+    """Validation error during training, on the run's eval split (its whole images or center crops); ``check``
+    runs between batches (a stop signal abandons the evaluation)."""
 
-    def __init__(self, run: Run, mesh: jax.sharding.Mesh):
-        self.run, self.mesh = run, mesh
+    def __init__(self, run: Run, mesh: jax.sharding.Mesh, check: Callable[[], None]):
+        self.run, self.mesh, self.check = run, mesh, check
         self.step_fn = evaluation.make_eval_step(run.model, run.mean, run.std)
 
     def __call__(self, state: TrainState, step: int, save: Callable, mngr: Any) -> dict:
@@ -160,66 +171,115 @@ class Evaluator:
         batches = (data.array_batches(*run.arrays["eval"], config.eval_batch_size) if run.arrays else
                    data.eval_batches(run.eval_source, config.eval_batch_size, config.eval_preset, config.image_size))
         try:
-            result = evaluation.evaluate(self.step_fn, state.variables, batches, self.mesh)
+            result = evaluation.evaluate(self.step_fn, state.variables, self._checked(batches), self.mesh)
+        except EvaluationAbandoned:
+            raise
         except Exception as e:
             raise data_failure(run, run.eval_source, e, step, save, mngr) from e
         return {"eval_top1_error": result["top1_error"], "eval_top5_error": result["top5_error"],
                 "eval_loss": result["loss"]}
+
+    def _checked(self, batches: Iterator) -> Iterator:
+        for batch in batches:
+            self.check()
+            yield batch
+
+
+@dataclasses.dataclass
+class Loop:
+    """The loop over train calls, with its periodic actions; ``train`` runs it from ``start`` to the end."""
+
+    run: Run
+    mngr: Any
+    out: Any  # logger.RunLogger
+    stop: StopSignals
+    steps: Steps
+    evaluate: Evaluator
+    on_step: Callable[[int], None] | None = None
+
+    def __post_init__(self):
+        self.triggers = Triggers.from_config(self.run.config)
+        self.metrics = TrainMetrics(self.mngr, self.run.workdir)
+        self.saver, self.in_flight = Checkpointer(self.run, self.mngr, self.metrics), InFlight()
+        self.profiler = Profiler(self.run.workdir, self.triggers.profile)
+
+    def train(self, state: TrainState, start: int) -> dict:
+        """Train from ``start`` (a step whose evaluation was abandoned is evaluated first); the last metrics."""
+        total, last, step = self.run.config.num_train_steps, {}, start
+        source = self.steps.host_batches(start)
+        try:
+            if start and self.run.meta.get("eval_pending"):
+                self.out.log(start, self.evaluate(state, start, functools.partial(self.saver.save, state), self.mngr))
+            for n in self.triggers.loop_lengths(start, self.steps.steps_per_loop):
+                self.profiler.before_call(step)
+                batch = self.steps.batch(source, n, step, functools.partial(self.saver.save, state), self.mngr)
+                state, step_metrics = self.steps.call(state, batch, n)
+                step += n
+                self.metrics.add(step, n, step_metrics)
+                self.in_flight.add(n, step_metrics["loss"], last=step == total)
+                self.stop.training = True
+                self.after_call(state, step, last)
+            checkpoint.finish(self.mngr)
+        finally:
+            self.profiler.close()
+        return dict(last, step=step)
+
+    def after_call(self, state: TrainState, step: int, last: dict) -> None:
+        """What follows a train call that ended at ``step``: progress, then log, evaluate, checkpoint and stop,
+        each when ``Triggers`` (or a stop signal) says. ``last`` collects the metrics logged."""
+        self.profiler.after_call(step, state)
+        self.out.tick(step - self.in_flight.steps)
+        if self.on_step is not None:
+            self.on_step(step)
+        if self.triggers.log(step):
+            last.clear()
+            last.update(self.metrics.flush() or {})
+            self.out.log(step, dict(last))
+        eval_metrics, abandoned = None, False
+        if self.triggers.evaluate(step):
+            try:
+                eval_metrics = self.evaluate(state, step, functools.partial(self.saver.save, state), self.mngr)
+            except EvaluationAbandoned:
+                abandoned = True
+            else:
+                last.update(eval_metrics)
+                self.out.log(step, eval_metrics)
+        if self.triggers.checkpoint(step) or self.stop.signum:
+            self.saver.save(state, step, eval_metrics, eval_pending=abandoned)
+        if self.stop.signum:
+            checkpoint.finish(self.mngr)
+            raise self.stop.preempted(step, abandoned)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        on_step: Callable[[int], None] | None = None) -> dict:
     """Train (resuming from the latest checkpoint in ``workdir``), evaluate and checkpoint; returns the
     last logged metrics. ``on_step(step)`` is called after every train call (every step, or every loop of
-    ``steps_per_loop`` steps; e.g. for a study-wide progress bar)."""
+    ``steps_per_loop`` steps; e.g. for a study-wide progress bar). A stop signal saves and raises Preempted."""
     from resnet_jax import logger  # matplotlib, tqdm, tensorboardX: only the CLI path needs them
 
-    run, mngr, lock = open_run(config, workdir)
-    mesh = make_mesh()
-    schedule = learning_rate_schedule(config, run.steps_per_epoch)
-    tx = make_optimizer(config, schedule, run.model.frozen)
-    state, start = initial_state(run, mngr, tx, mesh)
-    steps, evaluate = Steps.build(run, tx, schedule, mesh), Evaluator(run, mesh)
-    triggers, metrics = Triggers.from_config(config), TrainMetrics(mngr, workdir)
-    saver, profiler, in_flight = Checkpointer(run, mngr, metrics), Profiler(workdir, triggers.profile), InFlight()
-    out = logger.RunLogger(workdir, config.num_train_steps, start, config.batch_size, run.steps_per_epoch)
-    source, last, step = steps.host_batches(start), {}, start
-    try:
-        with StopSignals() as stop:
-            for n in triggers.loop_lengths(start, steps.steps_per_loop):
-                profiler.before_call(step)
-                batch = steps.batch(source, n, step, functools.partial(saver.save, state), mngr)
-                state, step_metrics = steps.call(state, batch, n)
-                step += n
-                metrics.add(step, n, step_metrics)
-                in_flight.add(n, step_metrics["loss"], last=step == config.num_train_steps)
-                profiler.after_call(step, state)
-                out.tick(step - in_flight.steps)
-                if on_step is not None:
-                    on_step(step)
-                if triggers.log(step):
-                    last = dict(metrics.flush() or {})
-                    out.log(step, last)
-                eval_metrics = None
-                if triggers.evaluate(step):
-                    eval_metrics = evaluate(state, step, functools.partial(saver.save, state), mngr)
-                    last.update(eval_metrics)
-                    out.log(step, eval_metrics)
-                if triggers.checkpoint(step) or stop.signum:
-                    saver.save(state, step, eval_metrics)
-                if stop.signum:
-                    checkpoint.finish(mngr)
-                    raise stop.preempted(step)
-            checkpoint.finish(mngr)
-    except OSError as e:  # the logs on a full disk (checkpoints raise WriteFailed themselves)
-        failure = checkpoint.write_failure(mngr, e, what=f"writing the logs in {workdir}")
-        if failure is e:
-            raise
-        raise failure from e
-    finally:
-        profiler.close()
-        checkpoint.close(mngr)
-        out.close()
+    with StopSignals() as stop:
+        run, mngr, lock = open_run(config, workdir)
         if lock is not None:
-            lock.release()
-    return dict(last, step=step)
+            stop.cleanup.append(lock.release)
+        out = None
+        try:
+            mesh = make_mesh()
+            schedule = learning_rate_schedule(config, run.steps_per_epoch)
+            tx = make_optimizer(config, schedule, run.model.frozen)
+            state, start = initial_state(run, mngr, tx, mesh)
+            out = logger.RunLogger(workdir, config.num_train_steps, start, config.batch_size, run.steps_per_epoch)
+            loop = Loop(run, mngr, out, stop, Steps.build(run, tx, schedule, mesh), Evaluator(run, mesh, stop.check),
+                        on_step)
+            return loop.train(state, start)
+        except OSError as e:  # the logs on a full disk (checkpoints raise WriteFailed themselves)
+            failure = checkpoint.write_failure(mngr, e, what=f"writing the logs in {workdir}")
+            if failure is e:
+                raise
+            raise failure from e
+        finally:
+            checkpoint.close(mngr)
+            if out is not None:
+                out.close()
+            if lock is not None:
+                lock.release()

@@ -9,6 +9,8 @@ import dataclasses
 import logging
 import os
 import signal
+import threading
+import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -83,27 +85,76 @@ def loop_lengths(config: ml_collections.ConfigDict, start: int) -> Iterator[int]
     return Triggers.from_config(config).loop_lengths(start, config.get("steps_per_loop", 1))
 
 
-class StopSignals:
-    """SIGTERM and SIGINT are noted (not acted on at once) while installed; the loop saves and stops at the end of
-    the train call during which one arrived."""
+GRACE_SECONDS = 2.0  # before training starts: how long Python code gets to act on a signal itself
 
-    def __init__(self):
+
+class EvaluationAbandoned(Exception):
+    """A stop signal arrived during an evaluation, which was abandoned."""
+
+
+class StopSignals:
+    """SIGTERM and SIGINT over a whole run, acted on within a bounded time wherever the run is:
+
+    - before the first train call has finished (reading the data, restoring, compiling), nothing new would be
+      lost: the run exits at once, by raising Preempted from Python code or, inside a long native call such as
+      XLA's compile, through a watcher thread woken by the signal (``signal.set_wakeup_fd``) that ends the process
+      after ``GRACE_SECONDS``;
+    - while training, a signal is noted and acted on at the end of the train call (save, then exit), and an
+      evaluation in progress is abandoned (``check`` between its batches); a save in progress completes first.
+    """
+
+    def __init__(self, cleanup: list | None = None):
         self.signum: int | None = None
+        self.training = False  # set once the first train call has finished
+        self.exiting = False
+        self.cleanup = cleanup if cleanup is not None else []  # run before the watcher ends the process
         self._previous: dict = {}
+        self._wakeup = self._old_fd = None
 
     def __enter__(self) -> StopSignals:
         self._previous = {sig: signal.signal(sig, self._note) for sig in STOP_SIGNALS}
+        read, self._wakeup = os.pipe()
+        os.set_blocking(self._wakeup, False)
+        self._old_fd = signal.set_wakeup_fd(self._wakeup, warn_on_full_buffer=False)
+        threading.Thread(target=self._watch, args=(read,), daemon=True, name="resnet_jax-stop-signals").start()
         return self
 
     def _note(self, signum: int, _frame: Any) -> None:
         self.signum = signum
+        if not self.training and not self.exiting:
+            self.exiting = True
+            raise Preempted(f"received {signal.Signals(signum).name} before training started: nothing new to save, "
+                            f"exiting", signum)
+
+    def _watch(self, read: int) -> None:
+        with os.fdopen(read, "rb", buffering=0) as pipe:
+            while byte := pipe.read(1):
+                if byte[0] not in STOP_SIGNALS or self.training:
+                    continue
+                time.sleep(GRACE_SECONDS)
+                if self.training or self.exiting:
+                    continue
+                for action in self.cleanup:
+                    action()
+                print(f"received {signal.Signals(byte[0]).name} before training started: nothing new to save, "
+                      f"exiting", flush=True)
+                os._exit(128 + byte[0])
+
+    def check(self) -> None:
+        """Between the batches of an evaluation: abandon it on a stop signal."""
+        if self.signum:
+            raise EvaluationAbandoned
 
     def __exit__(self, *exc: Any) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
+        signal.set_wakeup_fd(self._old_fd if self._old_fd is not None else -1)
+        os.close(self._wakeup)
 
-    def preempted(self, step: int) -> Preempted:
-        return Preempted(f"received {signal.Signals(self.signum).name}: saved step {step}, exiting", self.signum)
+    def preempted(self, step: int, abandoned: bool = False) -> Preempted:
+        during = " during the evaluation of that step (the resumed run evaluates it first)" if abandoned else ""
+        return Preempted(f"received {signal.Signals(self.signum).name}: saved step {step}{during}, exiting",
+                         self.signum)
 
 
 class Profiler:
