@@ -81,7 +81,8 @@ def imagenet_config(model: str, dataset: str, steps: int, batch_size: int, on_de
     c.warmup_steps, c.warmup_epochs = max(1, round(steps * c.warmup_epochs / tiny_imagenet.EPOCHS)), 0.0
     c.log_every_steps = max(1, min(50, steps // 20))
     c.eval_every_steps = c.checkpoint_every_steps = max(1, steps // 5)
-    c.on_device_data = on_device
+    if on_device:  # the device augments as the cifar preset does (pad 4, crop, flip); scale augmentation is host-only
+        c.on_device_data, c.train_preset = True, "cifar"
     return c
 
 
@@ -317,7 +318,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     i.add_argument("--eval_batch_size", type=int, default=200)
     i.add_argument("--workdir", default="runs/imagenet")
     i.add_argument("--models", default=",".join(IMAGENET_MODELS))
-    i.add_argument("--on_device_data", action="store_true", help="keep the train set on the accelerator")
+    i.add_argument("--on_device_data", action="store_true",
+                   help="keep the train set on the accelerator, augmented there with the cifar preset (4-pixel pad, "
+                        "crop, flip) instead of the host's scale augmentation")
     args = p.parse_args(argv)
     {"degradation": degradation, "imagenet": imagenet}[args.study](args)
 

@@ -96,6 +96,7 @@ def test_xla_gradients_stay_in_xla_cpu_fast_form_inside_a_loop(stride, size):
     assert labels == {"b01f_01io->b01f"}, labels
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,scan,impls", [("resnet18", False, ("auto", "im2col")), ("resnet18", True, ("im2col",))])
 def test_models_agree_across_implementations(name, scan, impls):
     x = jnp.asarray(np.random.default_rng(1).normal(size=(2, 32, 32, 3)), jnp.float32)
@@ -121,6 +122,7 @@ def test_models_agree_across_implementations(name, scan, impls):
             assert float(jnp.abs(got - want).max()) <= 1e-4 * float(jnp.abs(want).max()) + 1e-6
 
 
+@pytest.mark.slow
 def test_sharded_training_gives_the_same_losses_with_either_implementation():
     c = cifar10.get_config()
     mesh = training.make_mesh()

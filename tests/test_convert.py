@@ -100,6 +100,7 @@ def test_pickled_code_is_refused(tmp_path):
                       f"--workdir={tmp_path / 'out'}"])
 
 
+@pytest.mark.slow
 def test_shared_resnet20_round_trip_and_accuracy(cifar10_root, tmp_path):
     from tests.conftest import shared_file
 

@@ -160,6 +160,7 @@ def test_failures_name_the_problem(run, tmp_path):
         evaluate.main([f"--workdir={corrupt}"])
 
 
+@pytest.mark.slow
 def test_evaluating_a_trained_checkpoint_reproduces_the_logged_accuracy(cifar10_root, tmp_path):
     workdir = tmp_path / "r20"
     subprocess.run([sys.executable, str(ROOT / "train.py"), f"--config={ROOT}/resnet_jax/configs/cifar10.py",

@@ -65,6 +65,7 @@ def test_stablehlo_export_serves_any_batch_like_predict(run, photos, tmp_path):
         np.testing.assert_allclose(np.asarray(served.call(views[:n])), clf.predict(views[:n]), atol=1e-5)
 
 
+@pytest.mark.slow
 def test_saved_model_export_serves_any_batch_like_predict(run, photos, tmp_path):
     tf = pytest.importorskip("tensorflow")
     path = tmp_path / "saved"

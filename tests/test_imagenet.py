@@ -56,6 +56,7 @@ def test_failed_start_writes_nothing(tmp_path):
     assert not workdir.exists()
 
 
+@pytest.mark.slow
 def test_tiny_imagenet_trains_and_predicts_in_class_names(tiny_imagenet_root, tmp_path, capsys):
     workdir = tmp_path / "tin"
     c = tiny_imagenet.get_config("resnet18")
@@ -75,6 +76,7 @@ def test_tiny_imagenet_trains_and_predicts_in_class_names(tiny_imagenet_root, tm
     assert os.path.isdir(checkpoint.checkpoint_dir(str(workdir)))
 
 
+@pytest.mark.slow
 def test_imagenet_study_trains_four_models_and_writes_figure_4_and_table_2(tiny_imagenet_root, tmp_path):
     """``reproduce imagenet`` on 3 real classes for 24 steps: plain-18/34 and ResNet-18/34 (option A) train
     through the normal code, are evaluated center and 10-crop, and the figure and table are written; a rerun
@@ -105,3 +107,35 @@ def test_imagenet_study_trains_four_models_and_writes_figure_4_and_table_2(tiny_
     mtimes = {m: (tmp_path / m / "evaluation.json").stat().st_mtime for m in reproduce.IMAGENET_MODELS}
     reproduce.main(args)  # finished models and their evaluations are skipped
     assert mtimes == {m: (tmp_path / m / "evaluation.json").stat().st_mtime for m in reproduce.IMAGENET_MODELS}
+
+
+def test_the_imagenet_study_subset_keeps_the_first_classes_and_their_labels(tmp_path):
+    from resnet_jax import reproduce
+
+    for split in ("train", "val"):
+        for name in ("n03", "n01", "n02"):
+            (tmp_path / "root" / split / name).mkdir(parents=True)
+            (tmp_path / "root" / split / name / "a.JPEG").write_bytes(b"\xff\xd8\xff")
+    subset = reproduce.class_subset(str(tmp_path / "root"), 2, str(tmp_path / "subset"))
+    for split in ("train", "val"):
+        assert sorted(os.listdir(os.path.join(subset, split))) == ["n01", "n02"]  # labels 0 and 1, as in the root
+    assert reproduce.class_subset(str(tmp_path / "root"), 3, str(tmp_path / "all")) == str(tmp_path / "root")
+    c = reproduce.imagenet_config("resnet34", "folder:x", steps=1000, batch_size=64, on_device=False)
+    assert (c.shortcut, c.learning_rate * 64 / 256, c.warmup_lr) == ("A", 0.025, 0.01 * 64 / 256)
+    assert tuple(c.lr_boundaries) == (500, 750) and c.warmup_steps == 25 and c.lr_scaling == "linear"
+    assert reproduce.imagenet_config("plain18", "folder:x", 1000, 256, False).shortcut == ""
+
+
+def test_the_imagenet_study_states_each_claim_from_its_numbers():
+    from resnet_jax import reproduce
+
+    def row(train, val):
+        return {"train_error": train, "10": {"top1_error": val}}
+
+    lines = reproduce.claims_text({"plain18": row(80, 85), "plain34": row(90, 95), "resnet18": row(78, 84),
+                                   "resnet34": row(79, 86)})
+    assert len(lines) == 3
+    assert "plain-34 vs plain-18" in lines[0] and "+10.00 points validation" in lines[0] and "holds" in lines[0]
+    assert "ResNet-34 vs ResNet-18" in lines[1] and "+2.00 points" in lines[1] and "does not show" in lines[1]
+    assert "ResNet-34 vs plain-34" in lines[2] and "-9.00 points" in lines[2] and "holds" in lines[2]
+    assert reproduce.claims_text({"plain18": row(80, 85)}) == []

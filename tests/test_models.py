@@ -22,7 +22,8 @@ PARAMS = {
 }
 
 
-@pytest.mark.parametrize("name", sorted(PARAMS))
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n == "cifar_resnet1202" else n
+                                  for n in sorted(PARAMS)])
 def test_parameter_counts(name):
     variables = abstract_variables(create_model(name), image_size(name))
     assert num_params(variables["params"]) == PARAMS[name]
@@ -66,7 +67,8 @@ def test_plain_multiply_adds_equal_residual_twin(name):
     assert plain == pytest.approx(residual, rel=0.02)
 
 
-@pytest.mark.parametrize("name", list_models())
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n == "cifar_resnet1202" else n
+                                  for n in list_models()])
 def test_output_and_feature_shapes(name):
     model = create_model(name, num_classes=7)
     size = image_size(name)
@@ -137,6 +139,7 @@ def test_option_a_pads_channels_equally_on_both_sides():
     assert not jnp.any(y[..., :2]) and not jnp.any(y[..., 4:])
 
 
+@pytest.mark.slow
 def test_v1_and_v1_5_differ_only_in_stride_placement():
     kw = dict(stage_sizes=(1, 1), widths=(4, 8), stem="cifar", bottleneck=True, num_classes=3)
     x = jax.random.normal(jax.random.key(0), (1, 16, 16, 3))

@@ -51,6 +51,7 @@ def archives(tmp_path_factory) -> Path:
     return manual
 
 
+@pytest.mark.slow
 def test_prepare_train_and_evaluate_imagenet2012(archives, tmp_path, capsys):
     data_dir = tmp_path / "tfds"
     assert prepare.main(["imagenet2012", f"--manual_dir={archives}", f"--data_dir={data_dir}"]) == 0

@@ -143,6 +143,7 @@ def test_gradients_are_the_mean_over_devices_not_the_sum(sync):
 # ---------------------------------------------------------------------------------------- in-process run
 
 
+@pytest.mark.slow
 def test_train_writes_metrics_curves_and_self_describing_checkpoints(tiny, tmp_path):
     workdir = tmp_path / "run"
     result = training.train_and_evaluate(tiny_config(tiny), str(workdir))
@@ -180,6 +181,7 @@ def test_bad_configs_fail_before_compiling(tiny, tmp_path):
         training.prepare(tiny_config(tiny, dataset="cifar10", data_dir=str(tmp_path)), str(tmp_path))
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_with_the_step_and_keeps_the_good_checkpoint(tiny, tmp_path):
     reported = []
     for k, every in ((1, 1), (4, 4)):  # one step per call, saving each; 4 per call, saving between loops
@@ -231,6 +233,7 @@ def wait_for_checkpoint(workdir, proc, timeout=120):
     raise AssertionError("no checkpoint appeared")
 
 
+@pytest.mark.slow
 def test_kill_9_and_resume_is_bitwise_identical(tiny, tmp_path, reference_run):
     workdir = tmp_path / "killed"
     cmd, env = cli(workdir, tiny, 16, "--config.checkpoint_every_steps=2", "--config.eval_every_steps=8")
@@ -243,6 +246,7 @@ def test_kill_9_and_resume_is_bitwise_identical(tiny, tmp_path, reference_run):
     jax.tree.map(np.testing.assert_array_equal, final_params(workdir), reference_run)
 
 
+@pytest.mark.slow
 def test_steps_per_loop_trains_bitwise_like_single_steps(tiny, tmp_path, reference_run):
     workdir = tmp_path / "looped"  # 4 steps per call; logs every 4 steps, checkpoints every 8
     cmd, env = cli(workdir, tiny, 16, "--config.steps_per_loop=4", "--config.log_every_steps=4",
@@ -261,6 +265,7 @@ def test_loops_stop_at_every_step_that_logs_evaluates_checkpoints_or_profiles():
     assert list(training.loop_lengths(c, 0)) == [1] * 23
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig,code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_sigterm_and_ctrl_c_save_and_exit_with_a_distinct_code(tiny, tmp_path, sig, code):
     workdir = tmp_path / "preempted"
@@ -277,6 +282,7 @@ def test_sigterm_and_ctrl_c_save_and_exit_with_a_distinct_code(tiny, tmp_path, s
     assert checkpoint.manager(str(workdir)).latest_step() == saved
 
 
+@pytest.mark.slow
 def test_a_stop_signal_saves_the_step_it_arrived_in(tiny, tmp_path):
     """The host runs at most MAX_CALLS_IN_FLIGHT calls ahead of the device, and the step during which the
     signal arrives is the one saved: the save cannot lag the signal by more than that."""
@@ -301,6 +307,7 @@ def free_port():
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_processes_train_like_one_with_the_same_global_batch(tiny, tmp_path):
     """Same global batch, same 4 devices' BN groups: the same training up to float reduction order. (Over many
     steps tiny-batch BN training amplifies those last-bit differences, so a few steps are compared.)"""
@@ -364,6 +371,7 @@ def test_on_device_training_runs_and_resumes(tiny, tmp_path):
         training.prepare(tiny_config(tiny, on_device_data=True, train_preset="inception"), str(tmp_path / "b"))
 
 
+@pytest.mark.slow
 def test_on_device_loops_draw_each_steps_batch_like_single_steps():
     model = small_model()
     c = tiny_config("unused")
@@ -387,6 +395,7 @@ def test_on_device_loops_draw_each_steps_batch_like_single_steps():
     jax.tree.map(np.testing.assert_array_equal, looped.params, single.params)
 
 
+@pytest.mark.slow
 def test_synthetic_data_trains_on_the_device_without_a_dataset(tmp_path):
     source = data.get_source("synthetic:5", "train", image_size=8)
     assert source.num_examples == 8192 and source.arrays[0].shape == (8192, 8, 8, 3) and len(source.class_names) == 5
@@ -403,6 +412,7 @@ def test_synthetic_data_trains_on_the_device_without_a_dataset(tmp_path):
         data.get_source("synthetic", "val")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("verbose", [False, True])
 def test_a_run_prints_no_tensorflow_or_absl_start_up_lines_unless_verbose(tiny, tmp_path, verbose):
     cmd, env = cli(tmp_path / "run", tiny, 2, "--config.eval_every_steps=2", devices=1,
@@ -415,6 +425,7 @@ def test_a_run_prints_no_tensorflow_or_absl_start_up_lines_unless_verbose(tiny, 
     assert bool(chatter) == verbose, done.stderr[-3000:]
 
 
+@pytest.mark.slow
 def test_cifar_folders_train_and_evaluate_without_tensorflow(tiny, tmp_path):
     # GPU images often lack TensorFlow: on-device CIFAR training and its evaluation must not import it
     blocker = tmp_path / "blocked"
@@ -436,6 +447,7 @@ def test_cifar_folders_train_and_evaluate_without_tensorflow(tiny, tmp_path):
     assert done.returncode == 0 and str(image) in done.stdout, done.stderr[-3000:]
 
 
+@pytest.mark.slow
 def test_degradation_study_trains_resumes_and_reports(tiny, tmp_path, monkeypatch):
     from resnet_jax import reproduce
 
@@ -458,6 +470,7 @@ def test_degradation_study_trains_resumes_and_reports(tiny, tmp_path, monkeypatc
     assert (tmp_path / "cifar_plain20" / "metrics.jsonl").stat().st_mtime == mtime
 
 
+@pytest.mark.slow
 def test_profile_steps_write_a_trace(tiny, tmp_path):
     workdir = tmp_path / "run"
     training.train_and_evaluate(tiny_config(tiny, num_train_steps=4, profile_steps="1:3"), str(workdir))
@@ -471,6 +484,7 @@ def test_profile_steps_write_a_trace(tiny, tmp_path):
 # ------------------------------------------------------------------------------------------- fine-tuning
 
 
+@pytest.mark.slow
 def test_fine_tuning_a_linear_probe_from_another_run(tiny, tmp_path, caplog):
     """A 10-class CIFAR net (the shape of the shared ResNet-20) fine-tuned on the 3-class folder with its backbone
     frozen: new classifier, backbone parameters and BN statistics untouched, a checkpoint of 3 classes; a rerun
