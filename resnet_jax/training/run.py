@@ -48,9 +48,8 @@ REQUIRED = ("model", "dataset", "batch_size", "num_train_steps", "eval_every_ste
             "log_every_steps", "seed", "dtype")
 
 
-def prepare(config: ml_collections.ConfigDict, workdir: str, mngr=None) -> Run:
-    """Validate the config and workdir and read the data description. Raises ConfigError / DataError /
-    CheckpointError with a message naming the problem; compiles nothing."""
+def check_config(config: ml_collections.ConfigDict) -> None:
+    """ConfigError naming the first field that cannot run (before any data is read)."""
     missing = [k for k in REQUIRED if k not in config]
     if missing:
         raise ConfigError(f"config lacks field(s) {missing}")
@@ -78,9 +77,15 @@ def prepare(config: ml_collections.ConfigDict, workdir: str, mngr=None) -> Run:
     if config.get("conv_impl", "auto") not in conv.IMPLS:
         raise ConfigError(f"conv_impl must be one of {conv.IMPLS}, got {config.conv_impl!r}")
     profile_steps(config)
-    verify = config.get("verify_images", False)
     if data.is_synthetic(config.dataset) and not config.on_device_data:
         raise ConfigError("synthetic data is generated in memory for on_device_data=True runs; set it")
+
+
+def prepare(config: ml_collections.ConfigDict, workdir: str, mngr=None) -> Run:
+    """Validate the config and workdir and read the data description. Raises ConfigError / DataError /
+    CheckpointError with a message naming the problem; compiles nothing."""
+    check_config(config)
+    verify = config.get("verify_images", False)
     train_source, eval_source = (data.get_source(config.dataset, split, config.data_dir, verify=verify,
                                                  image_size=config.image_size)
                                  for split in (config.train_split, config.eval_split))
