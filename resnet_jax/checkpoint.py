@@ -98,9 +98,8 @@ def ensure_space(mngr: ocp.CheckpointManager, step: int, nbytes: int) -> None:
     finish(mngr)
     free = shutil.disk_usage(directory).free
     if free < need:
-        kept = sorted(int(n) for n in os.listdir(directory) if n.isdigit())
         raise WriteFailed(f"saving step {step} to {directory} failed: no space left on the device (the step needs "
-                          f"about {_size(need)}, {_size(free)} are free). {_kept(kept)}")
+                          f"about {_size(need)}, {_size(free)} are free). {_kept(directory)}")
 
 
 def finish(mngr: ocp.CheckpointManager) -> None:
@@ -159,13 +158,14 @@ def write_failure(mngr: ocp.CheckpointManager, error: Exception, step: int | Non
     names = os.listdir(directory) if os.path.isdir(directory) else []
     partial = partial_steps(directory) if names else []
     failed = sorted({int(n.split(".")[0]) for n in partial}) or ([step] if step is not None else [])
-    kept = sorted(int(n) for n in names if n.isdigit())
     free = shutil.disk_usage(directory).free if os.path.isdir(directory) else 0
     what = what or (f"saving step {failed[0]} to {directory}" if failed else f"writing to {directory}")
-    return WriteFailed(f"{what} failed: {cause} ({_size(free)} free). {_kept(kept)}")
+    return WriteFailed(f"{what} failed: {cause} ({_size(free)} free). {_kept(directory)}")
 
 
-def _kept(kept: list[int]) -> str:
+def _kept(directory: str) -> str:
+    """Which saved steps are intact, and how to resume from the newest."""
+    kept = sorted(int(n) for n in os.listdir(directory) if n.isdigit()) if os.path.isdir(directory) else []
     resume = f"rerun the same command to resume from step {kept[-1]}" if kept else "rerun the same command"
     return (f"Saved steps {kept or 'none'} are intact and no partial step is left; free some space and {resume}")
 
@@ -320,5 +320,5 @@ def load_checkpoint(workdir: str, step: int | str = "latest") -> tuple[models.Re
                       else "; no other step is saved")
             raise CheckpointError(f"{e}{advice}") from e
     finally:
-        close(mngr)
+        mngr.close()  # read-only: a training run may be saving here, so its partial step is not ours to remove
     return model, jax.tree.map(np.asarray, variables), dict(meta, step=step)
