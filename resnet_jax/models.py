@@ -142,7 +142,7 @@ class Stage(nn.Module):
 class ResNet(nn.Module):
     """A residual network (or, with ``residual=False``, the plain baseline of the same depth).
 
-    ``stem="imagenet"``: 7x7/2 convolution with 64 filters, BN, ReLU, 3x3/2 max-pool (Table 1).
+    ``stem="imagenet"``: 7x7/2 convolution with ``stem_width`` (64) filters, BN, ReLU, 3x3/2 max-pool (Table 1).
     ``stem="cifar"``: 3x3 convolution with ``widths[0]`` filters, BN, ReLU (Sec. 4.2).
     Stages follow with ``stage_sizes`` blocks of ``widths`` filters, the first stage at stride 1 and every
     later one at stride 2, then global average pooling and a fully-connected classifier.
@@ -151,6 +151,7 @@ class ResNet(nn.Module):
     stage_sizes: Sequence[int]
     widths: Sequence[int] = (64, 128, 256, 512)
     stem: str = "imagenet"
+    stem_width: int = 64
     bottleneck: bool = False
     residual: bool = True
     shortcut: str = "B"
@@ -184,7 +185,7 @@ class ResNet(nn.Module):
         out = {}
         x = jnp.asarray(x, self.dtype)
         if self.stem == "imagenet":
-            x = nn.relu(norm_of("stem")(name="bn1")(conv(64, 7, 2, name="conv1")(x)))
+            x = nn.relu(norm_of("stem")(name="bn1")(conv(self.stem_width, 7, 2, name="conv1")(x)))
             x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
         else:
             x = nn.relu(norm_of("stem")(name="bn1")(conv(self.widths[0], 3, 1, name="conv1")(x)))
@@ -214,9 +215,12 @@ for _depth in (20, 32, 44, 56, 110, 1202):  # 6n + 2 layers
     if _depth != 1202:
         MODELS[f"cifar_plain{_depth}"] = dict(MODELS[f"cifar_resnet{_depth}"], residual=False)
 
-# Options a user may set through create_model (architecture fields stay fixed by the name).
+# Options a user may set through create_model.
 OPTIONS = ("num_classes", "shortcut", "version", "zero_init_residual", "bn_momentum", "bn_epsilon",
            "dtype", "param_dtype", "scan", "remat", "conv_impl", "frozen")
+# Architecture fields a name fixes, which may be overridden for networks outside the paper's table (imported
+# checkpoints of other depths or widths, tiny test networks): blocks per stage, filters per stage, stem filters.
+ARCHITECTURE = ("stage_sizes", "widths", "stem_width")
 
 
 def list_models() -> list[str]:
@@ -230,12 +234,26 @@ def create_model(name: str, **options: Any) -> ResNet:
     Options: num_classes, shortcut ("A", "B" or "C"), version ("v1" or "v1.5"), zero_init_residual,
     bn_momentum, bn_epsilon, dtype, param_dtype, scan, remat, conv_impl ("auto", "xla" or "im2col": the same
     parameters and results, different speed; see resnet_jax.conv).
+    Architecture overrides: stage_sizes (blocks per stage), widths (filters per stage; a bottleneck block outputs
+    4x), stem_width (the ImageNet stem's filters), e.g. ``create_model("cifar_resnet20", stage_sizes=(1, 1, 1),
+    widths=(4, 8, 16))`` for an 8-layer network of 5,006 parameters.
     """
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; valid names: {', '.join(list_models())}")
-    unknown = sorted(set(options) - set(OPTIONS))
+    unknown = sorted(set(options) - set(OPTIONS) - set(ARCHITECTURE))
     if unknown:
-        raise ValueError(f"unknown option(s) {', '.join(unknown)} for {name}; valid options: {', '.join(OPTIONS)}")
+        raise ValueError(f"unknown option(s) {', '.join(unknown)} for {name}; valid options: "
+                         f"{', '.join(OPTIONS + ARCHITECTURE)}")
+    fields = dict(MODELS[name])
+    for key in ("stage_sizes", "widths"):
+        if key in options:
+            options[key] = tuple(int(v) for v in options[key])
+            if not options[key] or min(options[key]) < 1:
+                raise ValueError(f"{key} must be positive integers, got {options[key]}")
+    if len(options.get("stage_sizes", fields["stage_sizes"])) != len(options.get("widths", fields["widths"])):
+        raise ValueError(f"{name}: stage_sizes and widths need one entry per stage, got "
+                         f"{options.get('stage_sizes', fields['stage_sizes'])} and "
+                         f"{options.get('widths', fields['widths'])}")
     if options.get("shortcut", "A") not in SHORTCUTS:
         raise ValueError(f"shortcut must be one of {SHORTCUTS}, got {options['shortcut']!r}")
     if options.get("version", "v1") not in VERSIONS:
@@ -245,7 +263,7 @@ def create_model(name: str, **options: Any) -> ResNet:
     for key in ("dtype", "param_dtype"):
         if key in options:
             options[key] = jnp.dtype(options[key])
-    return ResNet(**dict(MODELS[name], **options))
+    return ResNet(**dict(fields, **options))
 
 
 def part_of(name: str) -> str:

@@ -210,6 +210,21 @@ def test_create_model_errors():
         create_model("resnet50", shortcut="D")
     with pytest.raises(ValueError, match="version must be one of"):
         create_model("resnet50", version="v2")
+    with pytest.raises(ValueError, match=r"stage_sizes and widths need one entry per stage.*\(4, 8\)"):
+        create_model("cifar_resnet20", widths=(4, 8))
+    with pytest.raises(ValueError, match="widths must be positive integers"):
+        create_model("cifar_resnet20", widths=(4, 0, 16))
+
+
+def test_architecture_overrides_build_networks_outside_the_table():
+    tiny = create_model("cifar_resnet20", stage_sizes=[1, 1, 1], widths=[4, 8, 16])  # lists, as from JSON
+    assert (tiny.stage_sizes, tiny.widths) == ((1, 1, 1), (4, 8, 16))
+    shapes = abstract_variables(tiny, 8)["params"]
+    assert shapes["conv1"]["kernel"].shape == (3, 3, 3, 4) and "block1" not in shapes["stage1"]
+    wide = abstract_variables(create_model("resnet50", stage_sizes=(1, 2), widths=(8, 16), stem_width=12), 32)
+    assert wide["params"]["conv1"]["kernel"].shape == (7, 7, 3, 12)
+    assert wide["params"]["stage2"]["block1"]["conv3"]["kernel"].shape == (1, 1, 16, 64)  # bottleneck: 4x
+    assert wide["params"]["fc"]["kernel"].shape == (64, 1000)
 
 
 def test_public_api():

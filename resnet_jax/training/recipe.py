@@ -22,6 +22,9 @@ def model_options(config: ml_collections.ConfigDict) -> dict:
                    remat=config.remat, dtype=config.dtype)
     if config.shortcut:
         options["shortcut"] = config.shortcut
+    for key in models.ARCHITECTURE:  # overrides only where given, so older runs' options stay what they were
+        if getattr(config, key, None):
+            options[key] = list(getattr(config, key))  # lists: the form they take in a checkpoint's JSON description
     return options
 
 

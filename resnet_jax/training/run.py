@@ -76,6 +76,10 @@ def check_config(config: ml_collections.ConfigDict) -> None:
         raise ConfigError(f"dtype {config.dtype!r} is not a dtype") from e
     if config.get("conv_impl", "auto") not in conv.IMPLS:
         raise ConfigError(f"conv_impl must be one of {conv.IMPLS}, got {config.conv_impl!r}")
+    try:  # the options and architecture overrides (no parameters are made)
+        models.create_model(config.model, **model_options(config))
+    except (ValueError, TypeError) as e:
+        raise ConfigError(str(e)) from e
     profile_steps(config)
     if data.is_synthetic(config.dataset) and not config.on_device_data:
         raise ConfigError("synthetic data is generated in memory for on_device_data=True runs; set it")
