@@ -178,6 +178,7 @@ class Classifier:
         self.model, self.variables, self.info = model, variables, info
         pre = info["preprocessing"]
         self.image_size = pre["image_size"]
+        self.resize_size = pre.get("resize_size")  # the shorter side before the central crop (default 256/224 of it)
         self.preset = pre.get("eval_preset", "center")
         self.mean, self.std = np.asarray(pre["mean"], np.float32), np.asarray(pre["std"], np.float32)
         # class_ids: the dataset's labels (e.g. wnids); class_names: what people read ("goldfish")
@@ -192,13 +193,23 @@ class Classifier:
 
         return cls(*checkpoint.load_checkpoint(workdir, step))
 
+    @classmethod
+    def from_pretrained(cls, source: str, step: int | str = "latest") -> Classifier:
+        """A pretrained network in one line: ``source`` is a training or converted workdir, a weights file
+        (.safetensors, .pth, .th), a saved model folder (transformers' ``save_pretrained``) or
+        ``hf:<repo>[@revision]``. The architecture, classes and preprocessing come from the source; other than a
+        workdir, it is converted once into a cache (``resnet_jax.weights.cache_dir()``) and read from there."""
+        from resnet_jax import weights
+
+        return cls.from_checkpoint(weights.pretrained_workdir(source), step)
+
     def preprocess(self, images: Any) -> np.ndarray:
         """File paths -> the checkpoint's evaluation view; uint8 arrays (N, H, W, 3) -> shorter side resized
         and centrally cropped to the model's size (unchanged if already that size)."""
         if isinstance(images, (str, bytes)) or (isinstance(images, (list, tuple)) and images
                                                  and isinstance(images[0], str)):
             files = [images] if isinstance(images, str) else list(images)
-            return data.decode_images(files, self.preset, self.image_size)
+            return data.decode_images(files, self.preset, self.image_size, self.resize_size)
         images = np.asarray(images)
         if images.ndim != 4 or images.shape[-1] != 3:
             raise ValueError(f"expected uint8 images of shape (N, H, W, 3), got {images.shape}")
@@ -206,7 +217,8 @@ class Classifier:
         if images.shape[1:3] == (size, size):
             return images
         h, w = images.shape[1:3]
-        crop = round(min(h, w) * (224 / 256 if self.preset != "cifar" else 1.0))
+        fraction = size / (self.resize_size or round(size * 256 / 224)) if self.preset != "cifar" else 1.0
+        crop = round(min(h, w) * fraction)
         y, x = (h - crop) // 2, (w - crop) // 2
         window = jnp.asarray(images[:, y:y + crop, x:x + crop], jnp.float32)
         resized = jax.image.resize(window, (len(images), size, size, 3), "bilinear", antialias=True)

@@ -186,7 +186,9 @@ class ResNet(nn.Module):
         x = jnp.asarray(x, self.dtype)
         if self.stem == "imagenet":
             x = nn.relu(norm_of("stem")(name="bn1")(conv(self.stem_width, 7, 2, name="conv1")(x)))
-            x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+            # padded apart from the pooling (the same result): jax2onnx's max_pool drops a pooling's own padding
+            x = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), constant_values=-jnp.inf)
+            x = nn.max_pool(x, window_shape=(3, 3), strides=(2, 2))
         else:
             x = nn.relu(norm_of("stem")(name="bn1")(conv(self.widths[0], 3, 1, name="conv1")(x)))
         out["stem"] = x

@@ -82,7 +82,7 @@ def test_mismatched_state_dict_lists_keys_and_writes_nothing(tmp_path):
         convert.main(["--from=torch", "--model=cifar_resnet20", f"--input={tmp_path / 'bad.pt'}",
                       f"--workdir={tmp_path / 'out'}"])
     assert not (tmp_path / "out").exists()
-    with pytest.raises(SystemExit, match="does not match the model"):  # an ImageNet layout for a CIFAR net
+    with pytest.raises(SystemExit, match=r"r18.pt holds a resnet18 \(torchvision layout\), not a cifar_resnet20"):
         save_state(reference("resnet18"), tmp_path / "r18.pt")
         convert.main(["--from=torch", "--model=cifar_resnet20", f"--input={tmp_path / 'r18.pt'}",
                       f"--workdir={tmp_path / 'out'}"])

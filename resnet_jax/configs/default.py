@@ -20,6 +20,7 @@ def fields() -> dict[str, Any]:
     c.dtype = "float32"  # computation; parameters and optimizer state stay float32
     c.stage_sizes = ()  # () = the model's; blocks per stage, e.g. (1, 1, 1): a network outside the paper's table
     c.widths = ()  # () = the model's; filters per stage, e.g. (4, 8, 16)
+    c.stem_width = 0  # 0 = the model's (64); filters of the ImageNet stem
     c.conv_impl = "auto"  # "auto" (fastest per shape and pass on CPUs, XLA's elsewhere), "xla" or "im2col"
     # Data: a TFDS name or "folder:/path/to/root" (<root>/<split>/<class>/<image>).
     c.dataset = "cifar10"

@@ -24,16 +24,26 @@ def load_init_from(config: ml_collections.ConfigDict, model: models.ResNet) -> d
     count is left out, to keep its fresh initialisation; anything else that does not fit raises ConfigError."""
     from flax import traverse_util
 
+    from resnet_jax import weights
+
     spec = config.init_from
     path, step = spec, "latest"
-    if re.search(r":(\d+|best|latest)$", spec):
+    if re.search(r":(\d+|best|latest)$", spec) and not spec.startswith("hf:"):
         path, step = spec.rsplit(":", 1)
     try:
+        if weights.is_pretrained_source(path):  # a weights file, a model folder, hf:<repo>: its cached conversion
+            path = weights.pretrained_workdir(path)
         source, variables, info = checkpoint.load_checkpoint(path, step)
-    except checkpoint.CheckpointError as e:
+    except (checkpoint.CheckpointError, weights.ConversionError) as e:
         raise ConfigError(f"init_from={spec!r}: {e}") from e
     if info["model"] != config.model:
         raise ConfigError(f"init_from={spec!r} holds a {info['model']}, but the config trains a {config.model}")
+    # a network outside the table: the config must ask for the same one
+    source_arch = {k: v for k, v in info.get("model_options", {}).items() if k in models.ARCHITECTURE}
+    wanted_arch = {k: list(getattr(model, k)) if k != "stem_width" else model.stem_width for k in source_arch}
+    if source_arch != wanted_arch:
+        raise ConfigError(f"init_from={spec!r} holds a {info['model']} with {source_arch}; set the same in the "
+                          f"config (e.g. --config.stage_sizes, --config.widths)")
     if source.scan != model.scan:
         variables = models.convert_layout(variables, scan=model.scan)
     loaded = traverse_util.flatten_dict(variables, sep="/")
