@@ -31,8 +31,7 @@ def load_init_from(config: ml_collections.ConfigDict, model: models.ResNet) -> d
     if re.search(r":(\d+|best|latest)$", spec) and not spec.startswith("hf:"):
         path, step = spec.rsplit(":", 1)
     try:
-        if weights.is_pretrained_source(path):  # a weights file, a model folder, hf:<repo>: its cached conversion
-            path = weights.pretrained_workdir(path)
+        path = weights.pretrained_workdir(path)  # a weights file, a model folder, hf:<repo>: its cached conversion
         source, variables, info = checkpoint.load_checkpoint(path, step)
     except (checkpoint.CheckpointError, weights.ConversionError) as e:
         raise ConfigError(f"init_from={spec!r}: {e}") from e

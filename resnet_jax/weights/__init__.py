@@ -6,7 +6,7 @@ By job: ``layouts`` (where each tensor lives in each layout, and which network a
 checkpoint and back), ``pretrained`` (the one-line use, through a cache of conversions).
 """
 
-from resnet_jax.weights.files import Files, is_pretrained_source, locate, read_state_dict
+from resnet_jax.weights.files import Files, locate, read_state_dict
 from resnet_jax.weights.importer import CIFAR10_CLASSES, TORCH_MEAN, TORCH_STD, export_torch, import_weights
 from resnet_jax.weights.layouts import (
     LAYOUTS,
@@ -23,6 +23,6 @@ from resnet_jax.weights.layouts import (
 from resnet_jax.weights.pretrained import cache_dir, pretrained_workdir
 
 __all__ = ["CIFAR10_CLASSES", "LAYOUTS", "TORCH_MEAN", "TORCH_STD", "ConversionError", "Files", "cache_dir",
-           "clean_state_dict", "describe", "detect_layout", "export_torch", "import_weights", "is_pretrained_source",
+           "clean_state_dict", "describe", "detect_layout", "export_torch", "import_weights",
            "layout_of", "layout_options", "locate", "pretrained_workdir", "read_state_dict", "torch_key",
            "torch_state_from_variables", "variables_from_torch"]

@@ -25,13 +25,6 @@ class Files:
     preprocessor: dict | None = None  # preprocessor_config.json (transformers)
 
 
-def is_pretrained_source(spec: str) -> bool:
-    """``hf:<repo>``, a weights file, or a folder of a saved model (not a training workdir)."""
-    return spec.startswith("hf:") or os.path.isfile(spec) or (
-        os.path.isdir(spec) and not os.path.isdir(checkpoint.checkpoint_dir(spec))
-        and any(os.path.isfile(os.path.join(spec, f)) for f in WEIGHT_FILES))
-
-
 def _json(path: str | None) -> dict | None:
     if path is None or not os.path.isfile(path):
         return None
@@ -74,11 +67,13 @@ def locate(spec: str) -> Files:
     if os.path.isdir(spec):
         weights = next((os.path.join(spec, f) for f in WEIGHT_FILES if os.path.isfile(os.path.join(spec, f))), None)
         if weights is None:
-            raise ConversionError(f"{spec} holds neither {' nor '.join(WEIGHT_FILES)}")
+            raise ConversionError(f"{spec} holds neither checkpoints/ (a training workdir) nor "
+                                  f"{' nor '.join(WEIGHT_FILES)} (a saved model)")
         config, preprocessor = (_json(os.path.join(spec, name)) for name in CONFIG_FILES)
         return Files(spec, weights, config, preprocessor)
     if not os.path.isfile(spec):
-        raise ConversionError(f"{spec} does not exist (expected a weights file, a model folder or hf:<repo>)")
+        raise ConversionError(f"{spec} does not exist (expected a training workdir, a weights file, a model folder "
+                              f"or hf:<repo>)")
     return Files(spec, spec)
 
 
