@@ -1,98 +1,10 @@
-"""Train a ResNet of the paper (thin CLI over resnet_jax.training).
+"""Train a ResNet of the paper: ``python train.py --config=cifar10:cifar_resnet20 --workdir=runs/r20``.
 
-    python train.py --config=resnet_jax/configs/cifar10.py:cifar_resnet20 --workdir=runs/r20 \
-        [--config.dataset=folder:/data/cifar10] [--config.num_train_steps=500] [--config.<field>=<value> ...]
-
-Rerunning the same command resumes from the latest checkpoint in --workdir. Multi-host: on TPU pods
-jax.distributed initialises itself (pass --multihost); on GPU clusters pass --coordinator_address,
---num_processes and --process_id on every host.
+A thin wrapper, for a checkout, over ``python -m resnet_jax.train`` (installed: ``resnet-jax-train``); its flags
+are in resnet_jax/train.py.
 """
 
-import ast
-import logging
-import os
-import sys
-
-from absl import app, flags
-from ml_collections import config_flags
-
-FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "a config file, e.g. resnet_jax/configs/cifar10.py:cifar_resnet20",
-                                lock_config=True)
-flags.DEFINE_string("workdir", None, "directory for checkpoints, metrics.jsonl, curves.png and TensorBoard logs")
-flags.DEFINE_bool("multihost", False, "call jax.distributed.initialize() (automatic on TPU pods and SLURM)")
-flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for multi-host GPU/CPU clusters")
-flags.DEFINE_integer("num_processes", None, "number of processes (multi-host)")
-flags.DEFINE_integer("process_id", None, "this process's index (multi-host)")
-flags.DEFINE_integer("heartbeat_timeout", 60, "multi-host: seconds after which a silent process counts as lost")
-flags.mark_flags_as_required(["config", "workdir"])
-
-
-def main(argv):
-    del argv
-    import jax
-
-    if FLAGS.coordinator_address or FLAGS.multihost:
-        jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU collectives; GPUs/TPUs ignore it
-        jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
-                                   heartbeat_timeout_seconds=FLAGS.heartbeat_timeout)
-    from absl import logging as absl_logging
-
-    from resnet_jax import checkpoint, data, quiet, training
-
-    absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax is chatty at INFO
-    quiet.cli_logging()
-    logging.getLogger("resnet_jax").setLevel(logging.INFO)
-    try:
-        metrics = training.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-    except (training.ConfigError, data.DataError, checkpoint.CheckpointError, FloatingPointError) as e:
-        sys.exit(f"error: {e}")
-    except checkpoint.WriteFailed as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(e.exit_code)
-    except training.Preempted as e:
-        print(e)
-        sys.exit(e.exit_code)
-    except Exception as e:
-        if jax.process_count() > 1 and lost_process(e):
-            # JAX's shutdown would wait on the lost process, then abort with pages of native stack traces
-            print(f"error: process {jax.process_index()} lost contact with another process of this run "
-                  f"({checkpoint.first_line(e, 200)}); rerun all {jax.process_count()} processes to resume from the "
-                  f"last checkpoint", file=sys.stderr, flush=True)
-            os._exit(LOST_PROCESS_EXIT_CODE)
-        raise
-    if jax.process_index() == 0:
-        print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()))
-
-
-LOST_PROCESS_EXIT_CODE = 75  # sysexits.h EX_TEMPFAIL: rerun (all processes)
-
-
-def lost_process(error: Exception) -> bool:
-    """Whether a multi-process run failed because another process died (a collective or the coordination
-    service says so), not through an error of its own."""
-    text = str(error)
-    return type(error).__name__ == "JaxRuntimeError" or any(
-        s in text for s in ("heartbeat", "Gloo", "CoordinationService", "Connection reset", "DEADLINE_EXCEEDED",
-                            "barrier", "Timed out"))
-
-
-def parse_flags(argv):
-    """absl's flag parsing, with a mistyped field or a bad value reported in one line instead of a traceback."""
-    try:
-        return FLAGS(argv)
-    except (AttributeError, KeyError) as e:  # ml_collections: an override of a field the config lacks
-        sys.exit(f"error: unknown config field: {one_line(e)}")
-    except Exception as e:  # flags.Error, a value of the wrong type, a config file that does not load
-        sys.exit(f"error: {one_line(e)}")
-
-
-def one_line(error: Exception) -> str:
-    text = str(error)
-    while len(text) > 1 and text[0] == text[-1] and text[0] in "'\"":  # KeyError wrapped in AttributeError
-        text = ast.literal_eval(text) if text[0] in "'\"" else text
-    return " ".join(text.split())
-
+from resnet_jax.train import run
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=parse_flags)
+    run()

@@ -82,3 +82,19 @@ def test_export_of_a_missing_run(tmp_path):
     with pytest.raises(SystemExit, match=r"^error: no checkpoints in "):
         export.main([f"--workdir={tmp_path}", f"--output={tmp_path / 'm.jax'}"])
     assert not (tmp_path / "m.jax").exists()
+
+
+def test_onnx_export_runs_in_onnxruntime_like_predict(run, photos, tmp_path):
+    pytest.importorskip("jax2onnx")
+    ort = pytest.importorskip("onnxruntime")
+    path = tmp_path / "model.onnx"
+    assert export.main([f"--workdir={run}", "--format=onnx", f"--output={path}"]) == 0
+    session = ort.InferenceSession(str(path))
+    (images,), (probabilities,) = session.get_inputs(), session.get_outputs()
+    assert (images.name, images.type, images.shape[1:]) == ("images", "tensor(uint8)", [64, 64, 3])
+    assert probabilities.name == "probabilities" and isinstance(images.shape[0], str)  # a dynamic batch
+    clf = evaluation.Classifier.from_checkpoint(str(run))
+    views = clf.preprocess(photos)
+    for n in (1, 7):
+        got = session.run(["probabilities"], {"images": views[:n]})[0]
+        np.testing.assert_allclose(got, clf.predict(views[:n]), atol=1e-4)
