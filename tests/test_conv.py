@@ -39,7 +39,7 @@ def test_every_registry_convolution_matches_xla_in_every_pass(shape, kernel, str
     x = jnp.asarray(rng.normal(size=shape), jnp.float32)
     k = jnp.asarray(rng.normal(size=kernel) / np.sqrt(np.prod(kernel[:3])), jnp.float32)
     plans = {"im2col": conv.Plan("im2col", "im2col", "im2col"), "auto": conv.cpu_plan(shape, kernel, stride),
-             "mixed": conv.Plan("xla", "im2col", "im2col")}
+             "mixed": conv.Plan("xla", "im2col", "im2col"), "taps": conv.Plan("xla", "xla", "shifted")}
 
     @jax.jit
     def run(x, k, g):
@@ -65,7 +65,7 @@ def test_auto_is_xla_off_cpu_and_planned_on_cpu(monkeypatch):
     assert conv.plan_for("auto", (8, 2, 2, 512), (3, 3, 512, 512), 1) == conv.Plan("im2col", "im2col", "im2col")
     everywhere_xla = conv.Plan("xla", "xla", "xla")  # on CPUs with gradients written as forward convolutions
     assert conv.plan_for("xla", (8, 2, 2, 512), (3, 3, 512, 512), 1) == everywhere_xla
-    assert conv.plan_for("auto", (8, 32, 32, 16), (3, 3, 16, 16), 1) == everywhere_xla
+    assert conv.plan_for("auto", (8, 32, 32, 16), (3, 3, 16, 16), 1) == conv.Plan("xla", "xla", "shifted")
     monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
     assert conv.plan_for("auto", (8, 2, 2, 512), (3, 3, 512, 512), 1) is None
     assert conv.plan_for("xla", (8, 2, 2, 512), (3, 3, 512, 512), 1) is None

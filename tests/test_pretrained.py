@@ -129,3 +129,17 @@ def test_init_from_takes_a_pretrained_source(tmp_path, cache):
     config.init_from = str(tmp_path / "absent.safetensors")
     with pytest.raises(training.ConfigError, match="does not exist"):
         training.load_init_from(config, model)
+
+
+def test_the_preprocessing_a_source_states_comes_along():
+    timm = weights.Files("hf:timm/resnet50.a1_in1k", "unused", config={
+        "architecture": "resnet50", "pretrained_cfg": {"input_size": [3, 224, 224], "test_input_size": [3, 288, 288],
+                                                       "crop_pct": 0.95, "mean": [0.485, 0.456, 0.406],
+                                                       "std": [0.229, 0.224, 0.225]}})
+    assert weights.files.preprocessing(timm, "torchvision") == dict(
+        mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225], image_size=288, resize_size=303)  # floor(288/.95)
+    hf = weights.Files("x", "unused", preprocessor={"crop_pct": 0.875, "size": {"shortest_edge": 224},
+                                                   "image_mean": [0.5] * 3, "image_std": [0.5] * 3})
+    assert weights.files.preprocessing(hf, "transformers") == dict(mean=[0.5] * 3, std=[0.5] * 3, image_size=224,
+                                                                   resize_size=256)
+    assert weights.files.preprocessing(weights.Files("w.pth", "w.pth"), "torchvision") == {}
