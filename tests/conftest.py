@@ -37,3 +37,9 @@ def cifar10_root(tmp_path_factory) -> Path:
 def tiny_imagenet_root(tmp_path_factory) -> Path:
     """Tiny ImageNet from ../shared (200 ILSVRC classes, 64x64 photographs), extracted once per session."""
     return extract(tmp_path_factory, "data/tiny-imagenet-200.tar.gz", "tiny-imagenet-200")
+
+
+def pytest_collection_modifyitems(config, items):
+    """The slow tests first (a stable sort: each tier keeps its order). With ``-n 2`` the workers start on the
+    long runs and the short tests fill in at the end, instead of one long test running alone last."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)

@@ -279,6 +279,45 @@ def test_folder_cifar_views_are_tensorflows_crop_or_pad(tmp_path):
         next(data.eval_batches(src, 4, "cifar", 32, process_index=0, process_count=1))
 
 
+def test_center_and_ten_crop_views_without_tensorflow_are_tensorflows(tmp_path, monkeypatch):
+    """Where TensorFlow is not installed (the GPU machines), ImageNet-style folders are evaluated with PIL and
+    numpy: the same views as TensorFlow's, odd sizes, both orientations and a resize before the crop included."""
+    for i, (h, w) in enumerate([(90, 70), (61, 100), (80, 80), (73, 120)]):
+        write_folder(tmp_path, classes=(f"c{i}",), per_class=2, size=(h, w))
+    src = data.get_source(f"folder:{tmp_path}", "train")
+    for preset, size, resize in (("center", 64, 73), ("10", 64, 73), ("center", 56, None), ("10", 32, 40)):
+        with_tf = list(data.eval_batches(src, 3, preset, size, resize, process_index=0, process_count=1))
+        monkeypatch.setattr(data.pipelines, "has_tensorflow", lambda: False)
+        without = list(data.eval_batches(src, 3, preset, size, resize, process_index=0, process_count=1))
+        monkeypatch.undo()
+        assert len(with_tf) == len(without) == 3  # 8 examples: the last batch padded
+        for a, b in zip(with_tf, without, strict=True):
+            for key in ("image", "label", "mask"):
+                np.testing.assert_array_equal(a[key], b[key], err_msg=f"{preset} {size} {key}")
+
+
+def test_center_and_ten_crop_views_of_real_photographs_match_tensorflow(tmp_path):
+    """On real JPEGs the 10-crop views are TensorFlow's bit for bit; the center view differs in a few pixels
+    (TensorFlow decodes the crop window fused with the JPEG, whose chroma upsampling at the window's edge differs
+    from decoding the whole image)."""
+    import tarfile
+
+    from tests.conftest import shared_file
+
+    with tarfile.open(shared_file("data/imagenet-samples.tar")) as tar:
+        members = [m for m in tar.getmembers() if m.isfile()][:6]
+        tar.extractall(tmp_path, members=members, filter="data")
+    paths = sorted(str(p) for p in tmp_path.rglob("*.JPEG"))
+    for preset in ("center", "10"):
+        want = np.stack([data.eval_preprocess(tf.io.read_file(p), preset, 224).numpy() for p in paths])
+        got = data.eval_views(paths, preset, 224)
+        differ = np.abs(got.astype(int) - want.astype(int))
+        if preset == "10":
+            np.testing.assert_array_equal(got, want)
+        else:
+            assert (differ == 0).mean() > 0.999 and differ.max() <= 16, (differ.max(), (differ == 0).mean())
+
+
 def test_to_global_shards_the_batch_over_devices():
     import jax
 

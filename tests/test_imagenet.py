@@ -77,36 +77,37 @@ def test_tiny_imagenet_trains_and_predicts_in_class_names(tiny_imagenet_root, tm
 
 
 @pytest.mark.slow
-def test_imagenet_study_trains_four_models_and_writes_figure_4_and_table_2(tiny_imagenet_root, tmp_path):
-    """``reproduce imagenet`` on 3 real classes for 24 steps: plain-18/34 and ResNet-18/34 (option A) train
-    through the normal code, are evaluated center and 10-crop, and the figure and table are written; a rerun
-    skips the trained models and their evaluation."""
+def test_imagenet_study_trains_evaluates_and_writes_figure_4_and_table_2(tiny_imagenet_root, tmp_path):
+    """``reproduce imagenet`` on 3 real classes for 24 steps, with the two 18-layer networks (the 34-layer ones
+    run the same code at twice the compile time; the study's run in docs/imagenet.md trained all four): plain-18
+    and ResNet-18 (option A) train through the normal code, are evaluated center and 10-crop, and the figure and
+    table are written; a rerun skips the trained models and their evaluation. The claims, which need the 34-layer
+    nets, have their own test below."""
     from resnet_jax import reproduce
 
+    models = ["plain18", "resnet18"]
     args = ["imagenet", f"--dataset=folder:{tiny_imagenet_root}", "--classes=3", "--steps=24", "--batch_size=16",
-            f"--workdir={tmp_path}"]
+            f"--models={','.join(models)}", f"--workdir={tmp_path}"]
     reproduce.main(args)
     table = (tmp_path / "imagenet.md").read_text()
-    for name in ("plain-18", "plain-34", "ResNet-18", "ResNet-34"):
+    for name in ("plain-18", "ResNet-18"):
         assert f"| {name} |" in table, table
     assert "top-1 center" in table and "top-1 10-crop" in table and "| 27.94 % |" in table
     assert "3 classes, 600 training and 150 validation images" in table
-    assert table.count("at this budget") == 3  # each of Sec. 4.1's claims, with its numbers
     assert (tmp_path / "imagenet.png").stat().st_size > 5000
-    for model in reproduce.IMAGENET_MODELS:
+    for model in models:
         evaluation = json.loads((tmp_path / model / "evaluation.json").read_text())
         assert evaluation["step"] == 24 and evaluation["10"]["num_examples"] == 150
         assert evaluation["center"]["view"] == "center crop" and evaluation["10"]["view"] == "10-crop"
         _, _, info = checkpoint.load_checkpoint(str(tmp_path / model))
         assert info["num_classes"] == 3 and info["class_names"][0] == "goldfish"
+        assert info["model_options"]["shortcut"] == "A"
         rows = [json.loads(line) for line in (tmp_path / model / "metrics.jsonl").read_text().splitlines()]
         losses = [r["train_loss"] for r in rows if "train_loss" in r]
         assert len(losses) >= 4 and all(np.isfinite(losses))
-    _, _, info = checkpoint.load_checkpoint(str(tmp_path / "resnet34"))
-    assert info["model_options"]["shortcut"] == "A"
-    mtimes = {m: (tmp_path / m / "evaluation.json").stat().st_mtime for m in reproduce.IMAGENET_MODELS}
+    mtimes = {m: (tmp_path / m / "evaluation.json").stat().st_mtime for m in models}
     reproduce.main(args)  # finished models and their evaluations are skipped
-    assert mtimes == {m: (tmp_path / m / "evaluation.json").stat().st_mtime for m in reproduce.IMAGENET_MODELS}
+    assert mtimes == {m: (tmp_path / m / "evaluation.json").stat().st_mtime for m in models}
 
 
 def test_the_imagenet_study_subset_keeps_the_first_classes_and_their_labels(tmp_path):

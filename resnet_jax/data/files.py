@@ -1,6 +1,8 @@
-"""Image files: decoding with PIL (the accurate IDCT, in threads) and checking that a file is a readable image.
+"""Image files: decoding with PIL (the accurate IDCT, in threads), the evaluation views computed in numpy, and
+checking that a file is a readable image.
 
-No TensorFlow: training and evaluation on CIFAR-style image folders need only these."""
+No TensorFlow: training and evaluation on CIFAR-style image folders need only these, and so does evaluating
+ImageNet-style folders (center and 10-crop views) where TensorFlow is not installed."""
 
 from __future__ import annotations
 
@@ -74,3 +76,55 @@ def decode_files(paths: Sequence[str], image_size: int | None = None) -> np.ndar
                             f"{images[0].shape[1]}x{images[0].shape[0]}; images loaded into memory must share one "
                             f"size")
     return np.stack(images) if images else np.zeros((0, image_size or 0, image_size or 0, 3), np.uint8)
+
+
+def _bilinear_axis(image: np.ndarray, size: int, axis: int) -> np.ndarray:
+    """Resize one axis to ``size`` by bilinear interpolation with half-pixel centres and no antialiasing
+    (``tf.image.resize(..., "bilinear", antialias=False)``), in float32."""
+    n = image.shape[axis]
+    src = np.clip((np.arange(size, dtype=np.float32) + 0.5) * np.float32(n / size) - 0.5, 0, None)
+    lo = np.minimum(np.floor(src).astype(np.int64), n - 1)
+    hi = np.minimum(lo + 1, n - 1)
+    frac = (src - lo).astype(np.float32)
+    shape = [1] * image.ndim
+    shape[axis] = size
+    a, b = np.take(image, lo, axis=axis), np.take(image, hi, axis=axis)
+    return a + (b - a) * frac.reshape(shape)
+
+
+def resize_bilinear(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """uint8 (H, W, 3) -> uint8 (height, width, 3), as the TensorFlow evaluation path resizes (to within one level
+    where float rounding lands differently)."""
+    out = _bilinear_axis(_bilinear_axis(image.astype(np.float32), width, 1), height, 0)  # TF's order: x, then y
+    return np.clip(np.round(out), 0, 255).astype(np.uint8)
+
+
+def eval_view(path: str, preset: str, image_size: int, resize_size: int | None = None) -> np.ndarray:
+    """The ``center`` (S, S, 3) or ``10`` (10, S, S, 3) evaluation view of an image file, with PIL and numpy: the
+    same geometry as ``preprocess.eval_preprocess``."""
+    from resnet_jax.data.preprocess import ten_crop_boxes
+
+    image = _read_rgb(path)
+    h, w = image.shape[:2]
+    resize_size = resize_size or round(image_size * 256 / 224)
+    if preset == "center":  # the central window that becomes the crop, resized
+        side = int(np.round(np.float32(min(h, w)) * np.float32(image_size) / np.float32(resize_size)))
+        y, x = (h - side) // 2, (w - side) // 2
+        return resize_bilinear(image[y:y + side, x:x + side], image_size, image_size)
+    if preset == "10":
+        scale = np.float32(resize_size) / np.float32(min(h, w))
+        new_h = max(int(np.round(np.float32(h) * scale)), resize_size)
+        new_w = max(int(np.round(np.float32(w) * scale)), resize_size)
+        resized = resize_bilinear(image, new_h, new_w)
+        crops = np.stack([resized[y:y + image_size, x:x + image_size]
+                          for y, x in ten_crop_boxes(new_h, new_w, image_size)])
+        return np.concatenate([crops, crops[:, :, ::-1]])
+    raise ValueError(f"eval_view: preset must be 'center' or '10', got {preset!r}")
+
+
+def eval_views(paths: Sequence[str], preset: str, image_size: int, resize_size: int | None = None) -> np.ndarray:
+    """``eval_view`` of many files, in threads."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(min(16, os.cpu_count() or 1)) as pool:
+        return np.stack(list(pool.map(lambda p: eval_view(p, preset, image_size, resize_size), paths)))

@@ -10,9 +10,9 @@ from typing import Any
 import numpy as np
 
 from resnet_jax.data.errors import DataError
-from resnet_jax.data.files import decode_files
+from resnet_jax.data.files import decode_files, eval_views
 from resnet_jax.data.preprocess import _decode, eval_preprocess, train_preprocess
-from resnet_jax.data.sources import Source, _tf
+from resnet_jax.data.sources import Source, _tf, has_tensorflow
 
 
 def _local_batch(batch_size: int, process_count: int) -> int:
@@ -69,8 +69,9 @@ def eval_batches(source: Source, batch_size: int, preset: str, image_size: int, 
     """One pass in order; the last global batch is padded with ``mask=False`` examples (never dropped).
     Image folders with the ``cifar`` preset are decoded with PIL, without TensorFlow (the same pixels)."""
     process_index, process_count = _processes(process_index, process_count)
-    if source.paths is not None and preset == "cifar":
-        yield from _folder_eval_batches(source, batch_size, image_size, process_index, process_count)
+    if source.paths is not None and (preset == "cifar" or (preset in ("center", "10") and not has_tensorflow())):
+        yield from _folder_eval_batches(source, batch_size, preset, image_size, resize_size, process_index,
+                                        process_count)
         return
     if source.arrays is not None:
         if preset not in ("cifar", "center"):
@@ -95,11 +96,17 @@ def eval_batches(source: Source, batch_size: int, preset: str, image_size: int, 
     yield from ds.batch(local).prefetch(tf.data.AUTOTUNE).as_numpy_iterator()
 
 
-def _folder_eval_batches(source: Source, batch_size: int, image_size: int, process_index: int,
-                         process_count: int) -> Iterator[dict[str, np.ndarray]]:
-    """``eval_batches`` for image folders and the ``cifar`` preset: the same batches, decoded with PIL."""
-    yield from _padded_batches(source.num_examples, source.labels, lambda i: decode_files(source.paths[i], image_size),
-                               batch_size, process_index, process_count)
+def _folder_eval_batches(source: Source, batch_size: int, preset: str, image_size: int, resize_size: int | None,
+                         process_index: int, process_count: int) -> Iterator[dict[str, np.ndarray]]:
+    """``eval_batches`` for image folders without TensorFlow: the ``cifar`` preset's batches (the same pixels),
+    or the ``center`` and ``10`` views computed with PIL and numpy (within one level of TensorFlow's)."""
+    if preset == "cifar":
+        def decode(index):
+            return decode_files(source.paths[index], image_size)
+    else:
+        def decode(index):
+            return eval_views(source.paths[index], preset, image_size, resize_size)
+    yield from _padded_batches(source.num_examples, source.labels, decode, batch_size, process_index, process_count)
 
 
 def array_batches(images: np.ndarray, labels: np.ndarray, batch_size: int, process_index: int | None = None,

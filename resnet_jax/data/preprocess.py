@@ -8,8 +8,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from resnet_jax.data.errors import DataError
-from resnet_jax.data.files import decode_files
-from resnet_jax.data.sources import _tf
+from resnet_jax.data.files import decode_files, eval_views
+from resnet_jax.data.sources import _tf, has_tensorflow
 
 # ImageNet statistics in [0, 255] (per channel) and the PCA of its RGB pixels (AlexNet [21], Sec. 3.4).
 IMAGENET_MEAN = (123.675, 116.28, 103.53)
@@ -140,9 +140,11 @@ def resize_shorter(tf, image, size: int):
 
 def decode_images(files: Sequence[str], preset: str, image_size: int, resize_size: int | None = None) -> np.ndarray:
     """Evaluation views of image files (for inference); an unreadable file raises naming it. The ``cifar`` view
-    needs no TensorFlow."""
+    needs no TensorFlow, nor do the others where it is not installed (PIL and numpy, within one level)."""
     if preset == "cifar":
         return decode_files(files, image_size)
+    if not has_tensorflow():
+        return eval_views(files, preset, image_size, resize_size)
     tf = _tf()
     out = []
     for path in files:

@@ -25,6 +25,13 @@ def _tf():
     return tf
 
 
+def has_tensorflow() -> bool:
+    """Whether TensorFlow can be imported (without importing it)."""
+    import importlib.util
+
+    return importlib.util.find_spec("tensorflow") is not None
+
+
 @dataclasses.dataclass
 class Source:
     """One split of a dataset: encoded images in a fixed order, their labels and the class names."""
