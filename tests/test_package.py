@@ -27,7 +27,7 @@ def test_packaged_configs_resolve_and_paths_pass_through(tmp_path):
 @pytest.mark.slow
 def test_the_wheel_in_a_fresh_venv_trains_evaluates_converts_and_exports(tmp_path):
     dist = tmp_path / "dist"
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(dist),
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(dist),
                     str(ROOT)], check=True, capture_output=True, cwd=tmp_path)
     (wheel,) = dist.glob("deep_residual_jax-*.whl")
     venv = tmp_path / "venv"
