@@ -38,6 +38,7 @@ def _json(path: str | None) -> dict | None:
 def _hub(spec: str) -> Files:
     try:
         from huggingface_hub import hf_hub_download
+        from huggingface_hub.errors import EntryNotFoundError
     except ImportError:
         raise ConversionError("reading from the Hugging Face hub needs huggingface_hub: pip install huggingface_hub "
                               "safetensors") from None
@@ -47,10 +48,8 @@ def _hub(spec: str) -> Files:
         try:
             return hf_hub_download(repo, name, revision=revision or None)
         except Exception as e:
-            if not required and type(e).__name__ in ("EntryNotFoundError", "RemoteEntryNotFoundError"):
+            if not required and isinstance(e, EntryNotFoundError):  # not in the repo, or offline and not cached
                 return None
-            if not required and os.environ.get("HF_HUB_OFFLINE") and type(e).__name__ == "LocalEntryNotFoundError":
-                return None  # offline: an optional file that was never downloaded
             raise ConversionError(f"cannot get {name} of {repo} from the Hugging Face hub or its cache: "
                                   f"{type(e).__name__}: {checkpoint.first_line(e)}") from e
 
