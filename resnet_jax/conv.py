@@ -45,15 +45,21 @@ def xla(x: jax.Array, kernel: jax.Array, stride: int, padding: Padding) -> jax.A
     return lax.conv_general_dilated(x, kernel, (stride, stride), padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
+def shifted_views(x: jax.Array, kh: int, kw: int, stride: int, padding: Padding) -> list[jax.Array]:
+    """For each kernel tap (i, j), in row-major order, the strided view of the padded input that it multiplies:
+    (N, H_out, W_out, C_in) each."""
+    if any(p for pair in padding for p in pair):
+        x = jnp.pad(x, ((0, 0), *padding, (0, 0)))
+    n, h, w, cin = x.shape
+    ho, wo = (h - kh) // stride + 1, (w - kw) // stride + 1
+    return [lax.slice(x, (0, i, j, 0), (n, i + stride * (ho - 1) + 1, j + stride * (wo - 1) + 1, cin),
+                      (1, stride, stride, 1)) for i in range(kh) for j in range(kw)]
+
+
 def im2col(x: jax.Array, kernel: jax.Array, stride: int, padding: Padding) -> jax.Array:
     """The same convolution as one matmul over the stacked shifted views of the padded input."""
     kh, kw, cin, cout = kernel.shape
-    if any(p for pair in padding for p in pair):
-        x = jnp.pad(x, ((0, 0), *padding, (0, 0)))
-    n, h, w, _ = x.shape
-    ho, wo = (h - kh) // stride + 1, (w - kw) // stride + 1
-    views = [lax.slice(x, (0, i, j, 0), (n, i + stride * (ho - 1) + 1, j + stride * (wo - 1) + 1, cin),
-                       (1, stride, stride, 1)) for i in range(kh) for j in range(kw)]
+    views = shifted_views(x, kh, kw, stride, padding)
     patches = views[0] if len(views) == 1 else jnp.concatenate(views, axis=-1)  # channel order: (i, j, c)
     return lax.dot_general(patches, kernel.reshape(kh * kw * cin, cout), (((3,), (0,)), ((), ())))
 
@@ -91,12 +97,9 @@ def shifted_kernel_grad(x: jax.Array, g: jax.Array, stride: int, padding: Paddin
     input, flattened to (N*H*W, C_in), contracted over N*H*W with the output gradient (N*H*W, C_out). No
     activation is transposed (XLA's form needs the input as (C_in, H, W, N)) or stacked (im2col's)."""
     kh, kw, cin, cout = kernel_shape
-    if any(p for pair in padding for p in pair):
-        x = jnp.pad(x, ((0, 0), *padding, (0, 0)))
-    n, ho, wo, _ = g.shape
-    g2 = g.reshape(n * ho * wo, cout)
-    taps = [lax.slice(x, (0, i, j, 0), (n, i + stride * (ho - 1) + 1, j + stride * (wo - 1) + 1, cin),
-                      (1, stride, stride, 1)).reshape(n * ho * wo, cin) for i in range(kh) for j in range(kw)]
+    rows = g.shape[0] * g.shape[1] * g.shape[2]
+    g2 = g.reshape(rows, cout)
+    taps = [view.reshape(rows, cin) for view in shifted_views(x, kh, kw, stride, padding)]
     return jnp.stack([lax.dot_general(t, g2, (((0,), (0,)), ((), ()))) for t in taps]).reshape(kernel_shape)
 
 

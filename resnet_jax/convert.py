@@ -18,7 +18,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from resnet_jax import checkpoint, data
+from resnet_jax import checkpoint, data, models
 from resnet_jax.weights import (  # noqa: F401  (names kept importable from here)
     CIFAR10_CLASSES,
     TORCH_MEAN,
@@ -40,14 +40,6 @@ def import_torch(model_name: str | None, input_path: str, workdir: str, class_na
                  mean: Sequence[float] | None = None, std: Sequence[float] | None = None, scan: bool = False) -> dict:
     """``import_weights`` with the model name first (``None``: whatever the weights hold)."""
     return import_weights(input_path, workdir, model_name, class_names, mean, std, scan)
-
-
-def describe_model(meta: dict) -> str:
-    """``resnet50``, or ``resnet18 (stage_sizes=[1, 1], widths=[8, 16])`` for a network outside the table."""
-    from resnet_jax import models
-
-    overrides = [f"{k}={meta['model_options'][k]}" for k in models.ARCHITECTURE if k in meta["model_options"]]
-    return meta["model"] + (f" ({', '.join(overrides)})" if overrides else "")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -76,8 +68,9 @@ def main(argv: Sequence[str] | None = None) -> None:
                 with open(args.class_names) as f:
                     names = [line.strip() for line in f if line.strip()]
             meta = import_weights(args.input, args.workdir, args.model, names, args.mean, args.std, args.scan)
-            print(f"wrote {describe_model(meta)} ({meta['num_classes']} classes, {meta['source']['layout']} layout) "
-                  f"to {checkpoint.checkpoint_dir(args.workdir)}/0")
+            network = models.describe(meta["model"], meta["model_options"])
+            print(f"wrote {network} ({meta['num_classes']} classes, {meta['source']['layout']} layout) to "
+                  f"{checkpoint.checkpoint_dir(args.workdir)}/0")
         elif args.target == "torch":
             if not args.output:
                 p.error("--to=torch needs --output")

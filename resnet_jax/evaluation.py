@@ -217,7 +217,7 @@ class Classifier:
         if images.shape[1:3] == (size, size):
             return images
         h, w = images.shape[1:3]
-        fraction = size / (self.resize_size or round(size * 256 / 224)) if self.preset != "cifar" else 1.0
+        fraction = size / data.center_resize(size, self.resize_size) if self.preset != "cifar" else 1.0
         crop = round(min(h, w) * fraction)
         y, x = (h - crop) // 2, (w - crop) // 2
         window = jnp.asarray(images[:, y:y + crop, x:x + crop], jnp.float32)

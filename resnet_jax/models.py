@@ -252,10 +252,9 @@ def create_model(name: str, **options: Any) -> ResNet:
             options[key] = tuple(int(v) for v in options[key])
             if not options[key] or min(options[key]) < 1:
                 raise ValueError(f"{key} must be positive integers, got {options[key]}")
-    if len(options.get("stage_sizes", fields["stage_sizes"])) != len(options.get("widths", fields["widths"])):
-        raise ValueError(f"{name}: stage_sizes and widths need one entry per stage, got "
-                         f"{options.get('stage_sizes', fields['stage_sizes'])} and "
-                         f"{options.get('widths', fields['widths'])}")
+    sizes, widths = options.get("stage_sizes", fields["stage_sizes"]), options.get("widths", fields["widths"])
+    if len(sizes) != len(widths):
+        raise ValueError(f"{name}: stage_sizes and widths need one entry per stage, got {sizes} and {widths}")
     if options.get("shortcut", "A") not in SHORTCUTS:
         raise ValueError(f"shortcut must be one of {SHORTCUTS}, got {options['shortcut']!r}")
     if options.get("version", "v1") not in VERSIONS:
@@ -266,6 +265,12 @@ def create_model(name: str, **options: Any) -> ResNet:
         if key in options:
             options[key] = jnp.dtype(options[key])
     return ResNet(**dict(fields, **options))
+
+
+def describe(name: str, options: dict) -> str:
+    """``resnet50``, or ``resnet18 (stage_sizes=[1, 1], widths=[8, 16])`` for a network outside the table."""
+    overrides = [f"{k}={options[k]}" for k in ARCHITECTURE if k in options]
+    return name + (f" ({', '.join(overrides)})" if overrides else "")
 
 
 def part_of(name: str) -> str:

@@ -19,7 +19,14 @@ evaluation, whole splits in memory, the device-side pieces); ``errors``. Everyth
 """
 
 from resnet_jax.data.errors import DataError
-from resnet_jax.data.files import IMAGE_EXTENSIONS, decode_files, eval_views, image_problem, unreadable_files
+from resnet_jax.data.files import (
+    IMAGE_EXTENSIONS,
+    center_resize,
+    decode_files,
+    eval_views,
+    image_problem,
+    unreadable_files,
+)
 from resnet_jax.data.pipelines import (
     array_batches,
     eval_batches,
@@ -57,38 +64,9 @@ from resnet_jax.data.sources import (
 )
 from resnet_jax.data.sources import _tf as _tf
 
-__all__ = [
-    "EVAL_PRESETS",
-    "IMAGENET_MEAN",
-    "IMAGENET_STD",
-    "IMAGE_EXTENSIONS",
-    "MULTISCALE_SIZES",
-    "PCA_EIGVAL",
-    "PCA_EIGVEC",
-    "SYNTHETIC_SPLITS",
-    "TRAIN_PRESETS",
-    "DataError",
-    "Source",
-    "array_batches",
-    "decode_files",
-    "decode_images",
-    "eval_batches",
-    "eval_preprocess",
-    "eval_view_shape",
-    "eval_views",
-    "folder_source",
-    "get_source",
-    "image_problem",
-    "is_synthetic",
-    "load_arrays",
-    "normalize",
-    "pixel_mean",
-    "resize_shorter",
-    "synthetic_source",
-    "ten_crop_boxes",
-    "tfds_source",
-    "to_global",
-    "train_batches",
-    "train_preprocess",
-    "unreadable_files",
-]
+__all__ = ["EVAL_PRESETS", "IMAGENET_MEAN", "IMAGENET_STD", "IMAGE_EXTENSIONS", "MULTISCALE_SIZES", "PCA_EIGVAL",
+           "PCA_EIGVEC", "SYNTHETIC_SPLITS", "TRAIN_PRESETS", "DataError", "Source", "array_batches", "center_resize",
+           "decode_files", "decode_images", "eval_batches", "eval_preprocess", "eval_view_shape", "eval_views",
+           "folder_source", "get_source", "image_problem", "is_synthetic", "load_arrays", "normalize", "pixel_mean",
+           "resize_shorter", "synthetic_source", "ten_crop_boxes", "tfds_source", "to_global", "train_batches",
+           "train_preprocess", "unreadable_files"]

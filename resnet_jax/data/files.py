@@ -78,6 +78,12 @@ def decode_files(paths: Sequence[str], image_size: int | None = None) -> np.ndar
     return np.stack(images) if images else np.zeros((0, image_size or 0, image_size or 0, 3), np.uint8)
 
 
+def center_resize(image_size: int, resize_size: int | None = None) -> int:
+    """The shorter side an image is resized to before its central ``image_size`` crop: ``resize_size`` where the
+    checkpoint states one, else 256/224 of the crop (Sec. 3.4: 256, then the central 224)."""
+    return resize_size or round(image_size * 256 / 224)
+
+
 def _bilinear_axis(image: np.ndarray, size: int, axis: int) -> np.ndarray:
     """Resize one axis to ``size`` by bilinear interpolation with half-pixel centres and no antialiasing
     (``tf.image.resize(..., "bilinear", antialias=False)``), in float32."""
@@ -106,7 +112,7 @@ def eval_view(path: str, preset: str, image_size: int, resize_size: int | None =
 
     image = _read_rgb(path)
     h, w = image.shape[:2]
-    resize_size = resize_size or round(image_size * 256 / 224)
+    resize_size = center_resize(image_size, resize_size)
     if preset == "center":  # the central window that becomes the crop, resized
         side = int(np.round(np.float32(min(h, w)) * np.float32(image_size) / np.float32(resize_size)))
         y, x = (h - side) // 2, (w - side) // 2

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from resnet_jax.data.errors import DataError
-from resnet_jax.data.files import decode_files, eval_views
+from resnet_jax.data.files import center_resize, decode_files, eval_views
 from resnet_jax.data.sources import _tf, has_tensorflow
 
 # ImageNet statistics in [0, 255] (per channel) and the PCA of its RGB pixels (AlexNet [21], Sec. 3.4).
@@ -114,7 +114,7 @@ def eval_preprocess(data, preset: str, image_size: int, resize_size: int | None 
     tf = _tf()
     if preset == "cifar":
         return tf.image.resize_with_crop_or_pad(_decode(tf, data, accurate=True), image_size, image_size)
-    resize_size = resize_size or round(image_size * 256 / 224)
+    resize_size = center_resize(image_size, resize_size)
     if preset == "center":  # crop first, resize the window: the same pixels as resize-then-crop, faster
         h, w = _shape(tf, data)
         side = tf.cast(tf.round(tf.cast(tf.minimum(h, w), tf.float32) * image_size / resize_size), tf.int32)

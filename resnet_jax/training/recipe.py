@@ -23,8 +23,8 @@ def model_options(config: ml_collections.ConfigDict) -> dict:
     if config.shortcut:
         options["shortcut"] = config.shortcut
     for key in models.ARCHITECTURE:  # overrides only where given, so older runs' options stay what they were
-        if getattr(config, key, None):
-            value = getattr(config, key)  # lists: the form they take in a checkpoint's JSON description
+        value = getattr(config, key, None)
+        if value:  # lists: the form they take in a checkpoint's JSON description
             options[key] = list(value) if isinstance(value, (list, tuple)) else value
     return options
 

@@ -50,13 +50,11 @@ def import_weights(source: str, workdir: str, model_name: str | None = None,
     if model_name is not None:
         if model_name not in models.MODELS:
             raise ConversionError(f"unknown model {model_name!r}; valid names: {', '.join(models.list_models())}")
-        overrides = sorted(set(arch["options"]) & set(models.ARCHITECTURE))
-        if model_name != arch["model"] or overrides:
-            shape = ", ".join(f"{k}={arch['options'][k]}" for k in overrides)
-            held = arch["model"] + (f" with {shape}" if overrides else "")
+        held = models.describe(arch["model"], arch["options"])
+        if held != model_name:
             raise ConversionError(f"{source} holds a {held} ({layout} layout), not a {model_name}; leave out "
                                   f"--model to convert what it holds")
-    num_classes = arch["num_classes"] or len((found.config or {}).get("id2label") or {}) or 1000
+    num_classes = arch["num_classes"] or len((hf_config or {}).get("id2label") or {}) or 1000
     names, ids = _class_names(layout, num_classes, hf_config)
     if class_names is not None:
         if len(class_names) != num_classes:
