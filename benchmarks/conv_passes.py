@@ -4,7 +4,8 @@ implementation of resnet_jax.conv: the measurements behind ``conv_impl="auto"``'
     python benchmarks/conv_passes.py --model=resnet18 --image_size=64 --batch_size=128 [--output=out.json]
 
 Prints one row per distinct convolution (how often the network uses it, milliseconds per pass and
-implementation, the faster one, and what ``cpu_plan`` picks) and the network's totals per choice.
+implementation, the fastest one's initial, and what ``cpu_plan`` picks) and the network's totals per choice.
+oneDNN's passes are included where they can be built (``resnet_jax.native.onednn``).
 """
 
 import argparse
@@ -29,13 +30,23 @@ def conv_shapes(model_name: str, image_size: int, batch_size: int) -> Counter:
     return Counter(conv.traced_convolutions(model.apply, models.abstract_variables(model, image_size), x))
 
 
-def pass_fn(impl: str, which: str, stride: int, padding):
-    f = conv.IMPLEMENTATIONS[impl]
+def candidates() -> dict[str, dict[str, object]]:
+    """Each pass's implementations (oneDNN's only where it can be built here)."""
+    found = {"forward": dict(conv.IMPLEMENTATIONS), "input_grad": dict(conv.INPUT_GRADS),
+             "kernel_grad": dict(conv.KERNEL_GRADS)}
+    if conv.onednn.unavailable():
+        print(f"oneDNN left out: {conv.onednn.unavailable()}")
+        for impls in found.values():
+            impls.pop("onednn")
+    return found
+
+
+def pass_fn(which: str, f, stride: int, padding):
     if which == "forward":
         return jax.jit(lambda x, k, g: f(x, k, stride, padding))
     if which == "input_grad":
-        return jax.jit(lambda x, k, g: jax.vjp(lambda x: f(x, k, stride, padding), x)[1](g)[0])
-    return jax.jit(lambda x, k, g: jax.vjp(lambda k: f(x, k, stride, padding), k)[1](g)[0])
+        return jax.jit(lambda x, k, g: f(g, k, stride, padding, x.shape))
+    return jax.jit(lambda x, k, g: f(x, g, stride, padding, k.shape))
 
 
 def time_ms(fn, args, repeats: int) -> float:
@@ -57,32 +68,33 @@ def main() -> None:
     p.add_argument("--output")
     args = p.parse_args()
     rng = np.random.default_rng(0)
+    impls = candidates()
     rows, totals = [], Counter()
-    print(f"{'input':>18} {'kernel':>16} s  n | " + " | ".join(f"{w:>17}" for w in PASSES) + " | auto")
+    print(f"{'input':>18} {'kernel':>16} s  n | " + " | ".join(f"{w}: " + " ".join(impls[w]) for w in PASSES)
+          + " | auto")
     for (shape, kshape, stride, padding), count in sorted(conv_shapes(args.model, args.image_size,
                                                                       args.batch_size).items()):
         x = jnp.asarray(rng.normal(size=shape), jnp.float32)
         k = jnp.asarray(rng.normal(size=kshape), jnp.float32)
-        out = jax.eval_shape(pass_fn("xla", "forward", stride, padding), x, k, None)
-        g = jnp.asarray(rng.normal(size=out.shape), jnp.float32)
-        ms = {(impl, w): time_ms(pass_fn(impl, w, stride, padding), (x, k, g), args.repeats)
-              for w in PASSES for impl in conv.IMPLEMENTATIONS}
+        g = jnp.asarray(rng.normal(size=conv.onednn.output_shape(shape, kshape, stride, padding)), jnp.float32)
+        ms = {(w, impl): time_ms(pass_fn(w, f, stride, padding), (x, k, g), args.repeats)
+              for w in PASSES for impl, f in impls[w].items()}
         plan = conv.cpu_plan(shape, kshape, stride)
         for w, chosen in zip(PASSES, plan):
-            for impl in conv.IMPLEMENTATIONS:
-                totals[(w, impl)] += count * ms[(impl, w)]
-            totals[(w, "best")] += count * min(ms[(i, w)] for i in conv.IMPLEMENTATIONS)
-            totals[(w, "auto")] += count * ms[(chosen, w)]
+            for impl in impls[w]:
+                totals[(w, impl)] += count * ms[(w, impl)]
+            totals[(w, "best")] += count * min(ms[(w, i)] for i in impls[w])
+            totals[(w, "auto")] += count * ms[(w, chosen)]
         rows.append(dict(input=shape, kernel=kshape, stride=stride, count=count, plan=list(plan),
-                         ms={f"{impl}/{w}": v for (impl, w), v in ms.items()}))
-        cells = " | ".join(f"{ms[('xla', w)]:7.1f} {ms[('im2col', w)]:7.1f} {'xi'[ms[('im2col', w)] < ms[('xla', w)]]}"
-                           for w in PASSES)
-        print(f"{shape!s:>18} {kshape!s:>16} {stride} {count:2d} | {cells} | {''.join(c[0] for c in plan)}",
-              flush=True)
-    print("network total, ms (count-weighted):")
-    for choice in ("xla", "im2col", "best", "auto"):
-        print(f"  {choice:<7} " + "  ".join(f"{w} {totals[(w, choice)]:8.1f}" for w in PASSES)
-              + f"  all {sum(totals[(w, choice)] for w in PASSES):8.1f}")
+                         ms={f"{impl}/{w}": v for (w, impl), v in ms.items()}))
+        cells = " | ".join(" ".join(f"{ms[(w, i)]:6.1f}" for i in impls[w])
+                           + f" {min(impls[w], key=lambda i, w=w: ms[(w, i)])[0]}" for w in PASSES)
+        print(f"{shape!s:>18} {kshape!s:>16} {stride} {count:2d} | {cells} | {'/'.join(plan)}", flush=True)
+    print("network total, ms (count-weighted; each pass's implementation, the fastest per shape, and auto's):")
+    for w in PASSES:
+        print(f"  {w:<12} " + "  ".join(f"{c} {totals[(w, c)]:8.1f}" for c in (*impls[w], "best", "auto")))
+    print(f"  all passes   best {sum(totals[(w, 'best')] for w in PASSES):8.1f}  "
+          f"auto {sum(totals[(w, 'auto')] for w in PASSES):8.1f}")
     common.write(dict(vars(args), rows=rows, totals={f"{a}/{b}": v for (a, b), v in totals.items()},
                       **common.environment()), args.output)
 

@@ -181,7 +181,7 @@ def main() -> None:
     p.add_argument("--scan", action="store_true")
     p.add_argument("--remat", action="store_true")
     p.add_argument("--on_device_data", action="store_true", help="draw batches from a device-resident train set")
-    p.add_argument("--conv_impl", default="auto", help="comma-separated: auto, xla, im2col (one runner each)")
+    p.add_argument("--conv_impl", default="auto", help="comma-separated: auto, xla, im2col, onednn (one runner each)")
     p.add_argument("--loops", default="", help="comma-separated steps per call of train.py's loop, e.g. 1,10")
     p.add_argument("--torch", action="store_true", help="also time the PyTorch twin of the network (fp32)")
     p.add_argument("--reference", help="path to flax/examples/imagenet (ResNet-50 only)")

@@ -1,4 +1,4 @@
-"""How the networks' convolutions are computed: XLA's convolution, or im2col and one matrix product.
+"""How the networks' convolutions are computed: XLA's convolution, im2col and one matrix product, or oneDNN's.
 
 XLA:CPU's convolution is slow in two places that ResNets hit: maps smaller than the kernel's reach (a 3x3
 convolution on a 2x2 or 4x4 map runs at ~2 % of the machine's matmul speed) and gradients, whose kernel
@@ -8,9 +8,13 @@ runs at the speed of the matmul. Which is faster depends on the shape and on the
 picks an implementation for its forward pass, its input gradient and its kernel gradient separately
 (a ``custom_vjp``). The parameters are the same in every case: checkpoints do not depend on the choice.
 
-``impl``: ``"xla"`` (every pass XLA's), ``"im2col"`` (every pass a matmul) or ``"auto"``: on CPUs the rules
-of :func:`cpu_plan`, measured with ``benchmarks/conv_passes.py``; elsewhere XLA's (cuDNN and the TPU
-compiler are right there).
+PyTorch's CPU convolutions are oneDNN's, faster again in every pass but on the smallest maps; where oneDNN and a
+C++ compiler are installed, its convolutions run inside the XLA program as an FFI custom call
+(:mod:`resnet_jax.native.onednn`).
+
+``impl``: ``"xla"`` (every pass XLA's), ``"im2col"`` (every pass a matmul), ``"onednn"`` (every pass oneDNN's;
+CPUs, fp32) or ``"auto"``: on CPUs the rules of :func:`cpu_plan`, measured with ``benchmarks/conv_passes.py``,
+with oneDNN where it is available; elsewhere XLA's (cuDNN and the TPU compiler are right there).
 
 On CPUs, XLA's gradients are written out as forward convolutions in NHWC/HWIO form (:func:`xla_input_grad`,
 :func:`xla_kernel_grad`), bitwise equal to JAX's own. JAX's transposed forms need XLA:CPU to rewrite them into
@@ -21,6 +25,7 @@ loop nest 10-60x slower, which would make ``steps_per_loop`` useless on CPUs.
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -28,7 +33,11 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-IMPLS = ("xla", "im2col", "auto")
+from resnet_jax.native import onednn
+
+log = logging.getLogger(__name__)
+
+IMPLS = ("xla", "im2col", "onednn", "auto")
 Padding = tuple[tuple[int, int], tuple[int, int]]
 
 
@@ -103,7 +112,24 @@ def shifted_kernel_grad(x: jax.Array, g: jax.Array, stride: int, padding: Paddin
     return jnp.stack([lax.dot_general(t, g2, (((0,), (0,)), ((), ()))) for t in taps]).reshape(kernel_shape)
 
 
-IMPLEMENTATIONS = {"xla": xla, "im2col": im2col}
+def im2col_input_grad(g: jax.Array, kernel: jax.Array, stride: int, padding: Padding,
+                      x_shape: Sequence[int]) -> jax.Array:
+    """The input gradient of :func:`im2col` (JAX's transpose of its matmul and slices)."""
+    x = jax.typeof(g).update(shape=tuple(x_shape))  # typed like g: per-device inside shard_map too
+    return jax.linear_transpose(lambda x: im2col(x, kernel, stride, padding), x)(g)[0]
+
+
+def im2col_kernel_grad(x: jax.Array, g: jax.Array, stride: int, padding: Padding,
+                       kernel_shape: Sequence[int]) -> jax.Array:
+    """The kernel gradient of :func:`im2col`: the stacked views contracted with the output gradient."""
+    k = jax.typeof(g).update(shape=tuple(kernel_shape))
+    return jax.linear_transpose(lambda k: im2col(x, k, stride, padding), k)(g)[0]
+
+
+IMPLEMENTATIONS = {"xla": xla, "im2col": im2col, "onednn": onednn.forward}
+INPUT_GRADS = {"xla": xla_input_grad, "im2col": im2col_input_grad, "onednn": onednn.input_grad}
+KERNEL_GRADS = {"xla": xla_kernel_grad, "im2col": im2col_kernel_grad, "shifted": shifted_kernel_grad,
+                "onednn": onednn.kernel_grad}
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
@@ -118,30 +144,27 @@ def _forward(x, kernel, stride, padding, plan):
 
 def _backward(stride, padding, plan, residuals, g):
     x, kernel = residuals
-    if plan.input_grad == "xla":
-        dx = xla_input_grad(g, kernel, stride, padding, x.shape)
-    else:
-        dx = jax.vjp(lambda x: im2col(x, kernel, stride, padding), x)[1](g)[0]
-    if plan.kernel_grad == "xla":
-        dk = xla_kernel_grad(x, g, stride, padding, kernel.shape)
-    elif plan.kernel_grad == "shifted":
-        dk = shifted_kernel_grad(x, g, stride, padding, kernel.shape)
-    else:
-        dk = jax.vjp(lambda k: im2col(x, k, stride, padding), kernel)[1](g)[0]
-    return dx, dk
+    return (INPUT_GRADS[plan.input_grad](g, kernel, stride, padding, x.shape),
+            KERNEL_GRADS[plan.kernel_grad](x, g, stride, padding, kernel.shape))
 
 
 planned_conv.defvjp(_forward, _backward)
 
 
-def cpu_plan(shape: Sequence[int], kernel_shape: Sequence[int], stride: int) -> Plan:
+def cpu_plan(shape: Sequence[int], kernel_shape: Sequence[int], stride: int, with_onednn: bool = False) -> Plan:
     """The faster implementation of each pass on XLA:CPU, by rules measured on x86-64 (AVX-512) with
     ``benchmarks/conv_passes.py`` over every convolution of resnet18 (64 and 224 px), resnet50 (224 px) and
     cifar_resnet20 (docs/performance.md has the tables). ``shape`` is the NHWC input, ``kernel_shape`` HWIO.
 
-    - 1x1 convolutions are matmuls: im2col in every pass (XLA's kernel gradient is 3-7x slower).
     - A map smaller than the kernel (e.g. 3x3 on 2x2): im2col in every pass; XLA's convolution runs at ~2 % of
-      matmul speed there. The same cliff hits the input gradient when the *output* map is that small.
+      matmul speed there, and oneDNN's at a third of im2col's. The same holds when a strided convolution's
+      *output* map is that small.
+    - ``with_onednn``: oneDNN's convolution in every other case and pass, 2-8x faster than XLA's per pass and
+      within 5 % of the fastest choice per shape on the three networks' totals.
+
+    Without oneDNN:
+
+    - 1x1 convolutions are matmuls: im2col in every pass (XLA's kernel gradient is 3-7x slower).
     - 512 or more input channels: im2col in every pass (one long contraction).
     - Strided 3x3: im2col for the input gradient, for the forward pass on maps up to 14x14, and for the kernel
       gradient from 128 channels on. The 7x7 stem: im2col for its kernel gradient.
@@ -154,24 +177,44 @@ def cpu_plan(shape: Sequence[int], kernel_shape: Sequence[int], stride: int) -> 
     _, h, _, cin = shape
     kh = kernel_shape[0]
     ho = -(-h // stride)
+    if with_onednn:
+        return Plan(*["im2col" if h < kh or (kh > 1 and ho < kh) else "onednn"] * 3)
     if kh == 1 or h < kh or cin >= 512:
         return Plan("im2col", "im2col", "im2col")
     strided = stride > 1
     return Plan("im2col" if strided and h <= 14 else "xla",
-                "im2col" if strided or ho < kh else "xla",
+                "im2col" if strided else "xla",
                 "im2col" if (strided and cin >= 128) or kh >= 5 else "shifted")
 
 
-def plan_for(impl: str, shape: Sequence[int], kernel_shape: Sequence[int], stride: int) -> Plan | None:
-    """The plan of one convolution (None: plain XLA with JAX's gradients, as off CPUs)."""
+@functools.cache
+def _onednn_for_auto() -> bool:
+    """Whether ``auto`` may use oneDNN here; if not, says why once per process."""
+    reason = onednn.unavailable()
+    if reason:
+        log.warning("conv_impl=auto without oneDNN's convolutions (%s): CPU training runs at about half the speed",
+                    reason)
+    return reason is None
+
+
+def plan_for(impl: str, shape: Sequence[int], kernel_shape: Sequence[int], stride: int,
+             dtype: Any = jnp.float32) -> Plan | None:
+    """The plan of one convolution (None: plain XLA with JAX's gradients, as off CPUs). oneDNN's passes take
+    fp32 only; other dtypes get the rules without it."""
     if impl not in IMPLS:
         raise ValueError(f"conv_impl must be one of {IMPLS}, got {impl!r}")
     cpu = jax.default_backend() == "cpu"
+    if not cpu:
+        return None if impl in ("auto", "xla") else Plan(impl, impl, impl)
+    fp32 = jnp.dtype(dtype) == jnp.float32
     if impl == "auto":
-        return cpu_plan(shape, kernel_shape, stride) if cpu else None
-    if impl == "xla":
-        return Plan("xla", "xla", "xla") if cpu else None  # on CPUs, gradients that stay fast inside loops
-    return Plan(impl, impl, impl)
+        return cpu_plan(shape, kernel_shape, stride, with_onednn=fp32 and _onednn_for_auto())
+    if impl == "onednn":
+        if onednn.unavailable():
+            raise ValueError(f"conv_impl='onednn': {onednn.unavailable()}")
+        if not fp32:
+            raise ValueError(f"conv_impl='onednn' computes in float32, got {jnp.dtype(dtype).name}")
+    return Plan(impl, impl, impl)  # "xla" on CPUs: gradients that stay fast inside loops
 
 
 def traced_convolutions(fn: Any, *args: Any) -> list[tuple[tuple[int, ...], tuple[int, ...], int, Padding]]:
@@ -202,7 +245,7 @@ def conv_general_dilated(impl: str):
         strides = tuple(window_strides)
         plain = (strides[0] != strides[1] or isinstance(padding, str) or feature_group_count != 1
                  or any(d != 1 for d in (*(lhs_dilation or ()), *(rhs_dilation or ()))))
-        plan = None if plain else plan_for(impl, lhs.shape, rhs.shape, strides[0])
+        plan = None if plain else plan_for(impl, lhs.shape, rhs.shape, strides[0], jnp.result_type(lhs, rhs))
         if plan is None:
             return lax.conv_general_dilated(lhs, rhs, strides, padding, lhs_dilation, rhs_dilation,
                                             dimension_numbers, feature_group_count, precision=precision)

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from importlib import metadata
 
 PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy", "tensorflow-cpu", "tensorflow",
-            "tensorflow-datasets", "torch")
+            "tensorflow-datasets", "torch", "onednn-cpu-gomp")
 PLUGINS = ("jax-cuda12-plugin", "jax-cuda12-pjrt", "jax-cuda13-plugin", "jax-cuda13-pjrt", "jax-rocm-plugin")
 
 
@@ -55,6 +55,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         devices = jax.devices()
         print(f"backend {backend}: {len(devices)} device(s), {devices[0].device_kind}; "
               f"{jax.process_count()} process(es)")
+        if backend == "cpu":  # builds the oneDNN convolutions now if they are not cached yet
+            from resnet_jax.native import onednn
+
+            reason = onednn.unavailable()
+            print(f"convolutions: {'oneDNN (conv_impl=auto)' if reason is None else 'XLA/im2col: ' + reason}")
     except Exception as e:  # a broken install: say so rather than a traceback
         problems.append(f"JAX does not start: {type(e).__name__}: {e}")
         backend = None

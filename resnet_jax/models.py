@@ -165,7 +165,7 @@ class ResNet(nn.Module):
     scan: bool = False
     remat: bool = False
     bn_axis_name: str | None = None  # a mapped axis (e.g. shard_map's) to synchronise BN statistics over
-    conv_impl: str = "auto"  # how convolutions compute (resnet_jax.conv): "auto", "xla" or "im2col"
+    conv_impl: str = "auto"  # how convolutions compute (resnet_jax.conv): "auto", "xla", "im2col" or "onednn"
     frozen: tuple[str, ...] = ()  # parts ("stem", "stage1", ...) whose BN layers normalise with running statistics
 
     @nn.compact
@@ -234,8 +234,8 @@ def create_model(name: str, **options: Any) -> ResNet:
     """Build a registered network, e.g. ``create_model("resnet50", num_classes=100, dtype="bfloat16")``.
 
     Options: num_classes, shortcut ("A", "B" or "C"), version ("v1" or "v1.5"), zero_init_residual,
-    bn_momentum, bn_epsilon, dtype, param_dtype, scan, remat, conv_impl ("auto", "xla" or "im2col": the same
-    parameters and results, different speed; see resnet_jax.conv).
+    bn_momentum, bn_epsilon, dtype, param_dtype, scan, remat, conv_impl ("auto", "xla", "im2col" or "onednn":
+    the same parameters and results, different speed; see resnet_jax.conv).
     Architecture overrides: stage_sizes (blocks per stage), widths (filters per stage; a bottleneck block outputs
     4x), stem_width (the ImageNet stem's filters), e.g. ``create_model("cifar_resnet20", stage_sizes=(1, 1, 1),
     widths=(4, 8, 16))`` for an 8-layer network of 5,006 parameters.

@@ -1,6 +1,10 @@
 """Convolution implementations (resnet_jax.conv): every convolution of the registry's networks, forward and both
 gradients, against XLA's; the models and a sharded training run with either implementation."""
 
+import os
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -25,6 +29,7 @@ def registry_convolutions() -> list:
 
 
 CONVS = registry_convolutions()
+ONEDNN = conv.onednn.unavailable() is None  # oneDNN's passes are tested wherever they can be built (CI included)
 
 
 def test_the_registry_uses_strided_1x1_3x3_and_7x7_convolutions():
@@ -40,6 +45,8 @@ def test_every_registry_convolution_matches_xla_in_every_pass(shape, kernel, str
     k = jnp.asarray(rng.normal(size=kernel) / np.sqrt(np.prod(kernel[:3])), jnp.float32)
     plans = {"im2col": conv.Plan("im2col", "im2col", "im2col"), "auto": conv.cpu_plan(shape, kernel, stride),
              "mixed": conv.Plan("xla", "im2col", "im2col"), "taps": conv.Plan("xla", "xla", "shifted")}
+    if ONEDNN:
+        plans["onednn"] = conv.Plan("onednn", "onednn", "onednn")
 
     @jax.jit
     def run(x, k, g):
@@ -62,10 +69,17 @@ def test_every_registry_convolution_matches_xla_in_every_pass(shape, kernel, str
 
 
 def test_auto_is_xla_off_cpu_and_planned_on_cpu(monkeypatch):
-    assert conv.plan_for("auto", (8, 2, 2, 512), (3, 3, 512, 512), 1) == conv.Plan("im2col", "im2col", "im2col")
+    im2col, dnnl = conv.Plan("im2col", "im2col", "im2col"), conv.Plan("onednn", "onednn", "onednn")
+    assert conv.plan_for("auto", (8, 2, 2, 512), (3, 3, 512, 512), 1) == im2col
     everywhere_xla = conv.Plan("xla", "xla", "xla")  # on CPUs with gradients written as forward convolutions
     assert conv.plan_for("xla", (8, 2, 2, 512), (3, 3, 512, 512), 1) == everywhere_xla
-    assert conv.plan_for("auto", (8, 32, 32, 16), (3, 3, 16, 16), 1) == conv.Plan("xla", "xla", "shifted")
+    assert conv.cpu_plan((8, 32, 32, 16), (3, 3, 16, 16), 1) == conv.Plan("xla", "xla", "shifted")
+    assert conv.cpu_plan((8, 32, 32, 16), (3, 3, 16, 16), 1, with_onednn=True) == dnnl
+    assert conv.cpu_plan((8, 4, 4, 256), (3, 3, 256, 512), 2, with_onednn=True) == im2col  # a 2x2 output
+    assert conv.cpu_plan((8, 4, 4, 256), (1, 1, 256, 512), 2, with_onednn=True) == dnnl
+    want = dnnl if ONEDNN else conv.Plan("xla", "xla", "shifted")
+    assert conv.plan_for("auto", (8, 32, 32, 16), (3, 3, 16, 16), 1) == want
+    assert conv.plan_for("auto", (8, 32, 32, 16), (3, 3, 16, 16), 1, jnp.bfloat16) == conv.Plan("xla", "xla", "shifted")
     monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
     assert conv.plan_for("auto", (8, 2, 2, 512), (3, 3, 512, 512), 1) is None
     assert conv.plan_for("xla", (8, 2, 2, 512), (3, 3, 512, 512), 1) is None
@@ -97,10 +111,13 @@ def test_xla_gradients_stay_in_xla_cpu_fast_form_inside_a_loop(stride, size):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name,scan,impls", [("resnet18", False, ("auto", "im2col")), ("resnet18", True, ("im2col",))])
+@pytest.mark.parametrize("name,scan,impls", [("resnet18", False, ("auto", "im2col")),
+                                             ("resnet18", True, ("im2col", *ONEDNN * ["onednn"]))])
 def test_models_agree_across_implementations(name, scan, impls):
+    """Also under nn.scan with remat (a scanned, rematerialised stage), oneDNN's custom call included."""
     x = jnp.asarray(np.random.default_rng(1).normal(size=(2, 32, 32, 3)), jnp.float32)
-    nets = {impl: models.create_model(name, conv_impl=impl, num_classes=7, scan=scan) for impl in ("xla", *impls)}
+    nets = {impl: models.create_model(name, conv_impl=impl, num_classes=7, scan=scan, remat=scan)
+            for impl in ("xla", *impls)}
     variables = nets["xla"].init(jax.random.key(0), x)
     for impl in impls:  # the same parameters, whatever computes the convolutions
         shapes = jax.eval_shape(nets[impl].init, jax.random.key(0), x)
@@ -130,7 +147,8 @@ def test_sharded_training_gives_the_same_losses_with_either_implementation():
     batches = [data.to_global({"image": rng.integers(0, 256, (8, 16, 16, 3), dtype=np.uint8),
                                "label": rng.integers(0, 10, 8).astype(np.int32)}, mesh) for _ in range(3)]
     losses = {}
-    for impl in ("xla", "im2col"):  # a 3-stage CIFAR-style net with one block per stage: quick to compile
+    impls = ("xla", "im2col", *ONEDNN * ["onednn"])  # shard_map over the 4 CPU devices of tests/conftest.py
+    for impl in impls:  # a 3-stage CIFAR-style net with one block per stage: quick to compile
         model = models.ResNet(stage_sizes=(1, 1, 1), widths=(8, 16, 32), stem="cifar", shortcut="A",
                               num_classes=10, conv_impl=impl)
         tx = training.make_optimizer(c, lambda s: 0.1)
@@ -140,5 +158,49 @@ def test_sharded_training_gives_the_same_losses_with_either_implementation():
         for batch in batches:
             state, metrics = step(state, batch)
             losses[impl].append(float(metrics["loss"]))
-    np.testing.assert_allclose(losses["im2col"], losses["xla"], rtol=1e-4)
+    for impl in impls:
+        np.testing.assert_allclose(losses[impl], losses["xla"], rtol=1e-4)
     assert losses["xla"][0] != losses["xla"][-1]
+
+
+def run_python(code: str, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "JAX_PLATFORMS": "cpu", **env})
+
+
+PROBE = """
+from resnet_jax import conv
+print("unavailable:", conv.onednn.unavailable())
+print("plan:", conv.plan_for("auto", (8, 32, 32, 16), (3, 3, 16, 16), 1))
+print("plan:", conv.plan_for("auto", (8, 16, 16, 32), (3, 3, 32, 32), 1))
+try:
+    conv.plan_for("onednn", (8, 32, 32, 16), (3, 3, 16, 16), 1)
+except ValueError as e:
+    print("explicit:", e)
+"""
+
+
+@pytest.mark.parametrize("env,reason", [({"CXX": "/nonexistent/c++"}, "building the oneDNN convolutions failed"),
+                                        ({"RESNET_JAX_ONEDNN": "0"}, "turned off by RESNET_JAX_ONEDNN=0")])
+def test_auto_without_onednn_says_why_once_and_uses_the_xla_rules(tmp_path, env, reason):
+    done = run_python(PROBE, RESNET_JAX_CACHE=str(tmp_path), **env)
+    assert done.returncode == 0, done.stderr
+    assert f"unavailable: {reason}" in done.stdout
+    assert done.stdout.count("plan: Plan(forward='xla', input_grad='xla', kernel_grad='shifted')") == 2
+    assert f"explicit: conv_impl='onednn': {reason}" in done.stdout
+    warnings = [line for line in done.stderr.splitlines() if "without oneDNN" in line]
+    assert len(warnings) == 1 and reason in warnings[0], done.stderr
+    assert not list(tmp_path.rglob("*.so")) and not list(tmp_path.rglob(".building-*"))  # nothing half-built
+
+
+@pytest.mark.skipif(not ONEDNN, reason=f"oneDNN cannot be built here: {conv.onednn.unavailable()}")
+def test_onednn_is_compiled_once_into_the_cache_and_used_by_auto(tmp_path):
+    first = run_python(PROBE, RESNET_JAX_CACHE=str(tmp_path))
+    assert first.returncode == 0, first.stderr
+    assert "unavailable: None" in first.stdout
+    assert first.stdout.count("plan: Plan(forward='onednn', input_grad='onednn', kernel_grad='onednn')") == 2
+    built = list((tmp_path / "native").iterdir())
+    assert len(built) == 1 and built[0].suffix == ".so", built  # no staging file left behind
+    stamp = built[0].stat().st_mtime_ns
+    second = run_python(PROBE, RESNET_JAX_CACHE=str(tmp_path))
+    assert "unavailable: None" in second.stdout and built[0].stat().st_mtime_ns == stamp  # loaded, not rebuilt

@@ -21,7 +21,9 @@ def fields() -> dict[str, Any]:
     c.stage_sizes = ()  # () = the model's; blocks per stage, e.g. (1, 1, 1): a network outside the paper's table
     c.widths = ()  # () = the model's; filters per stage, e.g. (4, 8, 16)
     c.stem_width = 0  # 0 = the model's (64); filters of the ImageNet stem
-    c.conv_impl = "auto"  # "auto" (fastest per shape and pass on CPUs, XLA's elsewhere), "xla" or "im2col"
+    # "auto" (the fastest per shape and pass on CPUs, oneDNN's where it builds; XLA's elsewhere), "xla", "im2col",
+    # "onednn"
+    c.conv_impl = "auto"
     # Data: a TFDS name or "folder:/path/to/root" (<root>/<split>/<class>/<image>).
     c.dataset = "cifar10"
     c.data_dir = None  # a placeholder for str in the ConfigDict

@@ -17,19 +17,11 @@ import shutil
 import tempfile
 
 from resnet_jax import checkpoint
+from resnet_jax.cache import cache_dir
 from resnet_jax.weights import files as files_lib
 from resnet_jax.weights.importer import import_weights
 
 log = logging.getLogger(__name__)
-
-
-def cache_dir() -> str:
-    """Where converted sources are kept: ``$RESNET_JAX_CACHE``, else ``$XDG_CACHE_HOME/resnet_jax``, else
-    ``~/.cache/resnet_jax``."""
-    if os.environ.get("RESNET_JAX_CACHE"):
-        return os.path.expanduser(os.environ["RESNET_JAX_CACHE"])
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "resnet_jax")
 
 
 def _entry(found: files_lib.Files) -> str:

@@ -1,0 +1,180 @@
+// oneDNN's convolutions as one XLA FFI custom call: forward, input gradient and kernel gradient of a 2-D
+// convolution in the networks' own layouts (NHWC activations, HWIO kernels, fp32), without transposes.
+//
+// One handler, "resnet_jax_onednn_conv", three passes (attribute "pass"):
+//   0  forward:        a = x  (N,H,W,Ci),   b = w  (KH,KW,Ci,Co) -> y  (N,Ho,Wo,Co)
+//   1  input grad:     a = dy (N,Ho,Wo,Co), b = w  (KH,KW,Ci,Co) -> dx (N,H,W,Ci)
+//   2  kernel grad:    a = x  (N,H,W,Ci),   b = dy (N,Ho,Wo,Co)  -> dw (KH,KW,Ci,Co)
+// Activations are given to oneDNN as NHWC; the kernel takes whatever layout oneDNN's chosen implementation
+// wants (a reorder of a few KB). Primitives are created once per shape and cached; each call brings its own
+// scratchpad, so concurrent calls are safe.
+
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "oneapi/dnnl/dnnl.hpp"
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+using dnnl::memory;
+using tag = dnnl::memory::format_tag;
+
+namespace {
+
+dnnl::engine& Engine() {
+  static dnnl::engine engine(dnnl::engine::kind::cpu, 0);
+  return engine;
+}
+
+struct Conv {
+  dnnl::primitive prim;
+  memory::desc kernel;         // the layout the primitive wants for the kernel (weights or their gradient)
+  memory::desc user_kernel;    // HWIO
+  bool reorder = false;
+  dnnl::reorder to_prim, from_prim;
+  memory::desc scratch;
+};
+
+struct Shape {
+  int64_t n, h, w, ci, co, kh, kw, ho, wo, sh, sw, pt, pb, pl, pr;
+};
+
+std::shared_ptr<Conv> Make(int64_t pass, const Shape& s) {
+  auto& eng = Engine();
+  const auto f32 = memory::data_type::f32;
+  memory::desc src({s.n, s.ci, s.h, s.w}, f32, tag::nhwc);
+  memory::desc dst({s.n, s.co, s.ho, s.wo}, f32, tag::nhwc);
+  memory::desc any_w({s.co, s.ci, s.kh, s.kw}, f32, tag::any);
+  memory::dims strides{s.sh, s.sw}, pad_l{s.pt, s.pl}, pad_r{s.pb, s.pr};
+  dnnl::primitive_attr attr;
+  attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+  auto fwd = dnnl::convolution_forward::primitive_desc(eng, dnnl::prop_kind::forward_training,
+                                                       dnnl::algorithm::convolution_direct, src, any_w, dst,
+                                                       strides, pad_l, pad_r, attr);
+  auto c = std::make_shared<Conv>();
+  c->user_kernel = memory::desc({s.co, s.ci, s.kh, s.kw}, f32, tag::hwio);
+  if (pass == 0) {
+    c->prim = dnnl::convolution_forward(fwd);
+    c->kernel = fwd.weights_desc();
+    c->scratch = fwd.scratchpad_desc();
+  } else if (pass == 1) {
+    auto bwd = dnnl::convolution_backward_data::primitive_desc(eng, dnnl::algorithm::convolution_direct, src, any_w,
+                                                               dst, strides, pad_l, pad_r, fwd, attr);
+    c->prim = dnnl::convolution_backward_data(bwd);
+    c->kernel = bwd.weights_desc();
+    c->scratch = bwd.scratchpad_desc();
+  } else {
+    auto bwd = dnnl::convolution_backward_weights::primitive_desc(eng, dnnl::algorithm::convolution_direct, src,
+                                                                  any_w, dst, strides, pad_l, pad_r, fwd, attr);
+    c->prim = dnnl::convolution_backward_weights(bwd);
+    c->kernel = bwd.diff_weights_desc();
+    c->scratch = bwd.scratchpad_desc();
+  }
+  c->reorder = c->kernel != c->user_kernel;
+  if (c->reorder) {
+    if (pass == 2) {
+      c->from_prim = dnnl::reorder(dnnl::reorder::primitive_desc(eng, c->kernel, eng, c->user_kernel));
+    } else {
+      c->to_prim = dnnl::reorder(dnnl::reorder::primitive_desc(eng, c->user_kernel, eng, c->kernel));
+    }
+  }
+  return c;
+}
+
+std::shared_ptr<Conv> Get(int64_t pass, const Shape& s) {
+  static std::mutex mu;
+  static std::unordered_map<std::string, std::shared_ptr<Conv>> cache;
+  std::string key = std::to_string(pass);
+  for (int64_t v : {s.n, s.h, s.w, s.ci, s.co, s.kh, s.kw, s.ho, s.wo, s.sh, s.sw, s.pt, s.pb, s.pl, s.pr}) {
+    key += "," + std::to_string(v);
+  }
+  std::lock_guard<std::mutex> lock(mu);
+  auto it = cache.find(key);
+  if (it != cache.end()) return it->second;
+  auto c = Make(pass, s);
+  cache.emplace(key, c);
+  return c;
+}
+
+ffi::Error Run(ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi::F32> b, ffi::ResultBuffer<ffi::F32> out, int64_t pass,
+               int64_t sh, int64_t sw, int64_t pt, int64_t pb, int64_t pl, int64_t pr) {
+  auto ad = a.dimensions(), bd = b.dimensions(), od = out->dimensions();
+  if (ad.size() != 4 || bd.size() != 4 || od.size() != 4) {
+    return ffi::Error(ffi::ErrorCode::kInvalidArgument, "onednn_conv: rank-4 operands expected");
+  }
+  Shape s{};
+  if (pass == 0) {
+    s = {ad[0], ad[1], ad[2], ad[3], bd[3], bd[0], bd[1], od[1], od[2], sh, sw, pt, pb, pl, pr};
+  } else if (pass == 1) {
+    s = {ad[0], od[1], od[2], od[3], ad[3], bd[0], bd[1], ad[1], ad[2], sh, sw, pt, pb, pl, pr};
+  } else if (pass == 2) {
+    s = {ad[0], ad[1], ad[2], ad[3], bd[3], od[0], od[1], bd[1], bd[2], sh, sw, pt, pb, pl, pr};
+  } else {
+    return ffi::Error(ffi::ErrorCode::kInvalidArgument, "onednn_conv: pass must be 0, 1 or 2");
+  }
+  try {
+    auto c = Get(pass, s);
+    auto& eng = Engine();
+    dnnl::stream stream(eng);
+    const auto f32 = memory::data_type::f32;
+    memory::desc src({s.n, s.ci, s.h, s.w}, f32, tag::nhwc);
+    memory::desc dst({s.n, s.co, s.ho, s.wo}, f32, tag::nhwc);
+    std::vector<uint8_t> scratch(c->scratch.get_size());
+    memory scratch_mem(c->scratch, eng, scratch.data());
+    std::vector<uint8_t> kernel_buf;
+    auto kernel_mem = [&](void* user) {
+      memory user_mem(c->user_kernel, eng, user);
+      if (!c->reorder) return user_mem;
+      kernel_buf.resize(c->kernel.get_size());
+      return memory(c->kernel, eng, kernel_buf.data());
+    };
+    if (pass == 0) {
+      memory user_w(c->user_kernel, eng, b.untyped_data());
+      memory w = kernel_mem(b.untyped_data());
+      if (c->reorder) c->to_prim.execute(stream, user_w, w);
+      c->prim.execute(stream, {{DNNL_ARG_SRC, memory(src, eng, a.untyped_data())},
+                               {DNNL_ARG_WEIGHTS, w},
+                               {DNNL_ARG_DST, memory(dst, eng, out->untyped_data())},
+                               {DNNL_ARG_SCRATCHPAD, scratch_mem}});
+    } else if (pass == 1) {
+      memory user_w(c->user_kernel, eng, b.untyped_data());
+      memory w = kernel_mem(b.untyped_data());
+      if (c->reorder) c->to_prim.execute(stream, user_w, w);
+      c->prim.execute(stream, {{DNNL_ARG_DIFF_DST, memory(dst, eng, a.untyped_data())},
+                               {DNNL_ARG_WEIGHTS, w},
+                               {DNNL_ARG_DIFF_SRC, memory(src, eng, out->untyped_data())},
+                               {DNNL_ARG_SCRATCHPAD, scratch_mem}});
+    } else {
+      memory user_dw(c->user_kernel, eng, out->untyped_data());
+      memory dw = kernel_mem(out->untyped_data());
+      c->prim.execute(stream, {{DNNL_ARG_SRC, memory(src, eng, a.untyped_data())},
+                               {DNNL_ARG_DIFF_DST, memory(dst, eng, b.untyped_data())},
+                               {DNNL_ARG_DIFF_WEIGHTS, dw},
+                               {DNNL_ARG_SCRATCHPAD, scratch_mem}});
+      if (c->reorder) c->from_prim.execute(stream, dw, user_dw);
+    }
+    stream.wait();
+  } catch (const dnnl::error& e) {
+    return ffi::Error(ffi::ErrorCode::kInternal, std::string("oneDNN: ") + e.what());
+  }
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(ResnetJaxOnednnConv, Run,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int64_t>("pass")
+                                  .Attr<int64_t>("sh")
+                                  .Attr<int64_t>("sw")
+                                  .Attr<int64_t>("pt")
+                                  .Attr<int64_t>("pb")
+                                  .Attr<int64_t>("pl")
+                                  .Attr<int64_t>("pr"));
