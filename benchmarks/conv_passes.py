@@ -1,11 +1,12 @@
 """Every convolution of a network, each pass (forward, input gradient, kernel gradient) timed with each
 implementation of resnet_jax.conv: the measurements behind ``conv_impl="auto"``'s CPU rules.
 
-    python benchmarks/conv_passes.py --model=resnet18 --image_size=64 --batch_size=128 [--output=out.json]
+    python benchmarks/conv_passes.py --model=resnet18 --image_size=64 --batch_size=128 [--torch] [--output=out.json]
 
 Prints one row per distinct convolution (how often the network uses it, milliseconds per pass and
 implementation, the fastest one's initial, and what ``cpu_plan`` picks) and the network's totals per choice.
-oneDNN's passes are included where they can be built (``resnet_jax.native.onednn``).
+oneDNN's passes are included where they can be built (``resnet_jax.native.onednn``); ``--torch`` adds PyTorch's
+time for each pass of the same convolution (same process, this machine's threads).
 """
 
 import argparse
@@ -59,12 +60,32 @@ def time_ms(fn, args, repeats: int) -> float:
     return 1e3 * statistics.median(times)
 
 
+def torch_ms(x, k, g, stride: int, padding, repeats: int) -> dict[str, float]:
+    """PyTorch's time for the same convolution's three passes (NCHW tensors, its default; oneDNN on CPUs)."""
+    import torch
+
+    tx, tg = (torch.from_numpy(np.array(a)).permute(0, 3, 1, 2).contiguous() for a in (x, g))
+    tk = torch.from_numpy(np.array(k)).permute(3, 2, 0, 1).contiguous()
+    pad = (padding[0][0], padding[1][0])
+    assert padding[0][0] == padding[0][1] or stride > 1, padding  # symmetric, as in these networks
+
+    def backward(mask):
+        return lambda *_: torch.ops.aten.convolution_backward(tg, tx, tk, None, (stride, stride), pad, (1, 1), False,
+                                                              (0, 0), 1, mask)
+
+    passes = {"forward": lambda *_: torch.nn.functional.conv2d(tx, tk, stride=stride, padding=pad),
+              "input_grad": backward((True, False, False)), "kernel_grad": backward((False, True, False))}
+    with torch.no_grad():
+        return {w: time_ms(f, (), repeats) for w, f in passes.items()}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", default="resnet18")
     p.add_argument("--image_size", type=int, default=64)
     p.add_argument("--batch_size", type=int, default=128)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--torch", action="store_true", help="also time PyTorch's passes of each convolution")
     p.add_argument("--output")
     args = p.parse_args()
     rng = np.random.default_rng(0)
@@ -79,7 +100,11 @@ def main() -> None:
         g = jnp.asarray(rng.normal(size=conv.onednn.output_shape(shape, kshape, stride, padding)), jnp.float32)
         ms = {(w, impl): time_ms(pass_fn(w, f, stride, padding), (x, k, g), args.repeats)
               for w in PASSES for impl, f in impls[w].items()}
-        plan = conv.cpu_plan(shape, kshape, stride)
+        if args.torch:
+            for w, v in torch_ms(x, k, g, stride, padding, args.repeats).items():
+                totals[(w, "torch")] += count * v
+                ms[(w, "torch")] = v
+        plan = conv.plan_for("auto", shape, kshape, stride)
         for w, chosen in zip(PASSES, plan):
             for impl in impls[w]:
                 totals[(w, impl)] += count * ms[(w, impl)]
@@ -88,13 +113,15 @@ def main() -> None:
         rows.append(dict(input=shape, kernel=kshape, stride=stride, count=count, plan=list(plan),
                          ms={f"{impl}/{w}": v for (w, impl), v in ms.items()}))
         cells = " | ".join(" ".join(f"{ms[(w, i)]:6.1f}" for i in impls[w])
-                           + f" {min(impls[w], key=lambda i, w=w: ms[(w, i)])[0]}" for w in PASSES)
+                           + f" {min(impls[w], key=lambda i, w=w: ms[(w, i)])[0]}"
+                           + (f" torch {ms[(w, 'torch')]:6.1f}" if args.torch else "") for w in PASSES)
         print(f"{shape!s:>18} {kshape!s:>16} {stride} {count:2d} | {cells} | {'/'.join(plan)}", flush=True)
     print("network total, ms (count-weighted; each pass's implementation, the fastest per shape, and auto's):")
     for w in PASSES:
-        print(f"  {w:<12} " + "  ".join(f"{c} {totals[(w, c)]:8.1f}" for c in (*impls[w], "best", "auto")))
-    print(f"  all passes   best {sum(totals[(w, 'best')] for w in PASSES):8.1f}  "
-          f"auto {sum(totals[(w, 'auto')] for w in PASSES):8.1f}")
+        print(f"  {w:<12} " + "  ".join(f"{c} {totals[(w, c)]:8.1f}"
+                                         for c in (*impls[w], "best", "auto", *args.torch * ["torch"])))
+    print("  all passes   " + "  ".join(f"{c} {sum(totals[(w, c)] for w in PASSES):8.1f}"
+                                        for c in ("best", "auto", *args.torch * ["torch"])))
     common.write(dict(vars(args), rows=rows, totals={f"{a}/{b}": v for (a, b), v in totals.items()},
                       **common.environment()), args.output)
 
