@@ -24,6 +24,8 @@ loop nest 10-60x slower, which would make ``steps_per_loop`` useless on CPUs.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 import logging
 from collections.abc import Sequence
@@ -187,6 +189,20 @@ def cpu_plan(shape: Sequence[int], kernel_shape: Sequence[int], stride: int, wit
                 "im2col" if (strided and cin >= 128) or kh >= 5 else "shifted")
 
 
+_PORTABLE = contextvars.ContextVar("portable", default=False)
+
+
+@contextlib.contextmanager
+def portable():
+    """Programs traced inside call no native code (oneDNN's custom call), so that, serialized (``jax.export``,
+    SavedModel, ONNX), they run where this package is not installed."""
+    token = _PORTABLE.set(True)
+    try:
+        yield
+    finally:
+        _PORTABLE.reset(token)
+
+
 @functools.cache
 def _onednn_for_auto() -> bool:
     """Whether ``auto`` may use oneDNN here; if not, says why once per process."""
@@ -208,7 +224,7 @@ def plan_for(impl: str, shape: Sequence[int], kernel_shape: Sequence[int], strid
         return None if impl in ("auto", "xla") else Plan(impl, impl, impl)
     fp32 = jnp.dtype(dtype) == jnp.float32
     if impl == "auto":
-        return cpu_plan(shape, kernel_shape, stride, with_onednn=fp32 and _onednn_for_auto())
+        return cpu_plan(shape, kernel_shape, stride, with_onednn=fp32 and not _PORTABLE.get() and _onednn_for_auto())
     if impl == "onednn":
         if onednn.unavailable():
             raise ValueError(f"conv_impl='onednn': {onednn.unavailable()}")

@@ -38,8 +38,9 @@ class ExportError(Exception):
 
 def inference_fn(workdir: str, step: int | str = "latest", conv_impl: str | None = None) -> tuple[Callable, int, dict]:
     """``fn(uint8 images (N, S, S, 3)) -> probabilities (N, classes)`` of a saved run, its image size ``S`` and the
-    checkpoint's description. The variables are constants of ``fn``."""
-    from resnet_jax import checkpoint, evaluation
+    checkpoint's description. The variables are constants of ``fn``; its convolutions are plain XLA operations
+    (``conv.portable``)."""
+    from resnet_jax import checkpoint, conv, evaluation
 
     model, variables, info = checkpoint.load_checkpoint(workdir, step)
     if conv_impl:
@@ -49,7 +50,8 @@ def inference_fn(workdir: str, step: int | str = "latest", conv_impl: str | None
     variables = jax.tree.map(jnp.asarray, variables)
 
     def fn(images):
-        return evaluation.predict_probs(model, variables, images, mean, std)
+        with conv.portable():  # a serialized program must not need this package's native code
+            return evaluation.predict_probs(model, variables, images, mean, std)
 
     return fn, pre["image_size"], info
 

@@ -59,6 +59,7 @@ def test_stablehlo_export_serves_any_batch_like_predict(run, photos, tmp_path):
     path = tmp_path / "model.jax"
     assert export.main([f"--workdir={run}", "--format=stablehlo", f"--output={path}"]) == 0
     served = jax.export.deserialize(bytearray(path.read_bytes()))
+    assert "onednn" not in served.mlir_module()  # plain XLA convolutions (conv.portable): runs anywhere
     clf = evaluation.Classifier.from_checkpoint(str(run))
     views = clf.preprocess(photos)
     for n in (1, 7):
