@@ -226,6 +226,10 @@ def main() -> None:
     for name, prefix in prefixes.items():
         print(f"{name:<14} {result[prefix + 'images_per_second']:9.2f} {result[prefix + 'step_seconds_median']:8.3f} "
               f"{result[prefix + 'compile_seconds']:10.1f}")
+    for key, value in result.items():
+        if "speedup_vs_" in key:
+            name, baseline = key.split("speedup_vs_")
+            print(f"{(name.rstrip('_') or 'ours')} / {baseline}: {value:.2f}x")
     print(f"GFLOPs/image {result['flops_per_image'] / 1e9:.2f}  device {device.device_kind}")
     common.write(result, args.output)
 

@@ -1,13 +1,15 @@
 """Error curves like the paper's Figures 4 and 6: training error (thin) and validation error (bold) against
-iterations, read from runs' ``metrics.jsonl``.
+iterations, read from runs' ``metrics.jsonl``; or the same for the loss, with chance's loss as a dashed line.
 
     python -m resnet_jax.plot runs/plain20 runs/resnet20 [--output=curves.png] [--title=...]
+    python -m resnet_jax.plot runs/resnet50 --metric=loss --classes=200 --output=loss.png
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from collections.abc import Sequence
@@ -30,8 +32,12 @@ def series(events: list[dict], key: str) -> tuple[list[int], list[float]]:
 
 
 def plot_runs(run_dirs: Sequence[str], output: str, title: str | None = None, labels: Sequence[str] | None = None,
-              ax=None) -> str:
-    """Overlay runs in one figure (or on ``ax``); returns the output path (written atomically)."""
+              ax=None, metric: str = "error", classes: int = 0) -> str:
+    """Overlay runs in one figure (or on ``ax``); returns the output path (written atomically). ``metric``:
+    "error" (top-1, %) or "loss" (cross-entropy; with ``classes``, chance's ln(classes) is drawn dashed)."""
+    if metric not in ("error", "loss"):
+        raise ValueError(f"metric must be 'error' or 'loss', got {metric!r}")
+    train_key, eval_key = ("train_error", "eval_top1_error") if metric == "error" else ("train_loss", "eval_loss")
     import matplotlib
 
     matplotlib.use("Agg")
@@ -44,11 +50,13 @@ def plot_runs(run_dirs: Sequence[str], output: str, title: str | None = None, la
         events = read_metrics(run)
         label = labels[i] if labels else os.path.basename(os.path.normpath(run))
         color = f"C{i}"
-        ax.plot(*series(events, "train_error"), color=color, linewidth=0.8, alpha=0.8)
-        steps, values = series(events, "eval_top1_error")
+        ax.plot(*series(events, train_key), color=color, linewidth=0.8, alpha=0.8)
+        steps, values = series(events, eval_key)
         ax.plot(steps, values, color=color, linewidth=2.2, label=label, marker="o" if len(steps) < 4 else None)
+    if metric == "loss" and classes:
+        ax.axhline(math.log(classes), color="gray", linestyle="--", linewidth=1, label=f"chance: ln {classes}")
     ax.set_xlabel("iterations")
-    ax.set_ylabel("error (%)")
+    ax.set_ylabel("error (%)" if metric == "error" else "loss")
     ax.grid(alpha=0.3)
     ax.legend(title="thin: training, bold: validation", fontsize=8, title_fontsize=8)
     if title:
@@ -67,9 +75,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("runs", nargs="+", help="training workdirs")
     parser.add_argument("--output", default="curves.png")
     parser.add_argument("--title")
+    parser.add_argument("--metric", default="error", choices=["error", "loss"])
+    parser.add_argument("--classes", type=int, default=0, help="with --metric=loss: draw chance's loss, ln(classes)")
     args = parser.parse_args(argv)
     try:
-        print(plot_runs(args.runs, args.output, args.title))
+        print(plot_runs(args.runs, args.output, args.title, metric=args.metric, classes=args.classes))
     except FileNotFoundError as e:
         sys.exit(f"error: {e}")
 

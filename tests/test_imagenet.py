@@ -140,3 +140,27 @@ def test_the_imagenet_study_states_each_claim_from_its_numbers():
     assert "ResNet-34 vs ResNet-18" in lines[1] and "+2.00 points" in lines[1] and "does not show" in lines[1]
     assert "ResNet-34 vs plain-34" in lines[2] and "-9.00 points" in lines[2] and "holds" in lines[2]
     assert reproduce.claims_text({"plain18": row(80, 85)}) == []
+
+
+def test_loss_curves_show_chance(tmp_path):
+    """The curve that documents a network leaving chance (docs/imagenet.md): loss against iterations, ln(classes)
+    dashed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from resnet_jax import plot
+
+    events = [{"step": 10, "train_loss": 5.7}, {"step": 20, "train_loss": 5.1},
+              {"step": 20, "eval_loss": 4.9, "eval_top1_error": 97.0}]
+    (tmp_path / "metrics.jsonl").write_text("\n".join(json.dumps(e) for e in events))
+    fig, ax = plt.subplots()
+    plot.plot_runs([str(tmp_path)], "unused.png", ax=ax, metric="loss", classes=200)
+    lines = {line.get_label(): list(line.get_ydata()) for line in ax.get_lines()}
+    assert lines["chance: ln 200"] == [np.log(200)] * 2
+    assert [5.7, 5.1] in lines.values() and lines[tmp_path.name] == [4.9]
+    plt.close(fig)
+    output = tmp_path / "loss.png"
+    plot.main([str(tmp_path), "--metric=loss", "--classes=200", f"--output={output}"])
+    assert output.stat().st_size > 0
