@@ -194,13 +194,24 @@ _PORTABLE = contextvars.ContextVar("portable", default=False)
 
 @contextlib.contextmanager
 def portable():
-    """Programs traced inside call no native code (oneDNN's custom call), so that, serialized (``jax.export``,
-    SavedModel, ONNX), they run where this package is not installed."""
+    """Programs traced inside call no native code (oneDNN's custom call; ``onednn`` and ``auto`` use the rules
+    without it), so that, serialized (``jax.export``, SavedModel, ONNX), they run where this package is not
+    installed, and their convolutions can be counted."""
     token = _PORTABLE.set(True)
     try:
         yield
     finally:
         _PORTABLE.reset(token)
+
+
+def _traced_per_device() -> bool:
+    """Whether the program being traced runs as it is on each device: with one device, or inside ``shard_map``
+    over every mesh axis (train.py's step). Elsewhere XLA's SPMD partitioner would have to split the
+    convolution, which it cannot do for a custom call: it would gather the whole batch onto every device."""
+    if jax.device_count() == 1:
+        return True
+    mesh = jax.sharding.get_abstract_mesh()
+    return not mesh.empty and bool(getattr(mesh, "are_all_axes_manual", False))
 
 
 @functools.cache
@@ -215,16 +226,18 @@ def _onednn_for_auto() -> bool:
 
 def plan_for(impl: str, shape: Sequence[int], kernel_shape: Sequence[int], stride: int,
              dtype: Any = jnp.float32) -> Plan | None:
-    """The plan of one convolution (None: plain XLA with JAX's gradients, as off CPUs). oneDNN's passes take
-    fp32 only; other dtypes get the rules without it."""
+    """The plan of one convolution (None: plain XLA with JAX's gradients, as off CPUs). ``auto`` uses oneDNN's
+    passes for fp32 in programs that run per device (:func:`_traced_per_device`); elsewhere the rules without
+    it."""
     if impl not in IMPLS:
         raise ValueError(f"conv_impl must be one of {IMPLS}, got {impl!r}")
     cpu = jax.default_backend() == "cpu"
     if not cpu:
         return None if impl in ("auto", "xla") else Plan(impl, impl, impl)
     fp32 = jnp.dtype(dtype) == jnp.float32
-    if impl == "auto":
-        return cpu_plan(shape, kernel_shape, stride, with_onednn=fp32 and not _PORTABLE.get() and _onednn_for_auto())
+    if impl == "auto" or (impl == "onednn" and _PORTABLE.get()):
+        native = fp32 and not _PORTABLE.get() and _traced_per_device() and _onednn_for_auto()
+        return cpu_plan(shape, kernel_shape, stride, with_onednn=native)
     if impl == "onednn":
         if onednn.unavailable():
             raise ValueError(f"conv_impl='onednn': {onednn.unavailable()}")

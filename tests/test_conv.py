@@ -77,9 +77,23 @@ def test_auto_is_xla_off_cpu_and_planned_on_cpu(monkeypatch):
     assert conv.cpu_plan((8, 32, 32, 16), (3, 3, 16, 16), 1, with_onednn=True) == dnnl
     assert conv.cpu_plan((8, 4, 4, 256), (3, 3, 256, 512), 2, with_onednn=True) == im2col  # a 2x2 output
     assert conv.cpu_plan((8, 4, 4, 256), (1, 1, 256, 512), 2, with_onednn=True) == dnnl
-    want = dnnl if ONEDNN else conv.Plan("xla", "xla", "shifted")
-    assert conv.plan_for("auto", (8, 32, 32, 16), (3, 3, 16, 16), 1) == want
-    assert conv.plan_for("auto", (8, 32, 32, 16), (3, 3, 16, 16), 1, jnp.bfloat16) == conv.Plan("xla", "xla", "shifted")
+    taps = conv.Plan("xla", "xla", "shifted")
+    assert conv.plan_for("auto", (8, 32, 32, 16), (3, 3, 16, 16), 1, jnp.bfloat16) == taps
+
+    plans = []  # oneDNN's custom call only where the traced program runs per device (XLA cannot partition it)
+
+    def per_device(x):
+        plans.append(conv.plan_for("auto", (8, 32, 32, 16), (3, 3, 16, 16), 1))
+        return x
+
+    n = jax.device_count()
+    assert n == 4  # tests/conftest.py
+    jax.make_jaxpr(per_device)(jnp.zeros(n))  # a jit over several devices: partitioned by XLA
+    mesh = jax.make_mesh((n,), ("data",))
+    x = jax.device_put(jnp.zeros(n), jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data")))
+    jax.make_jaxpr(jax.shard_map(per_device, mesh=mesh, in_specs=jax.sharding.PartitionSpec("data"),
+                                 out_specs=jax.sharding.PartitionSpec("data")))(x)
+    assert plans == [taps, dnnl if ONEDNN else taps]
     monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
     assert conv.plan_for("auto", (8, 2, 2, 512), (3, 3, 512, 512), 1) is None
     assert conv.plan_for("xla", (8, 2, 2, 512), (3, 3, 512, 512), 1) is None
@@ -165,7 +179,7 @@ def test_sharded_training_gives_the_same_losses_with_either_implementation():
 
 def run_python(code: str, **env: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "JAX_PLATFORMS": "cpu", **env})
+                          env={**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "", **env})  # one device
 
 
 PROBE = """
