@@ -35,8 +35,9 @@ def candidates() -> dict[str, dict[str, object]]:
     """Each pass's implementations (oneDNN's only where it can be built here)."""
     found = {"forward": dict(conv.IMPLEMENTATIONS), "input_grad": dict(conv.INPUT_GRADS),
              "kernel_grad": dict(conv.KERNEL_GRADS)}
-    if conv.onednn.unavailable():
-        print(f"oneDNN left out: {conv.onednn.unavailable()}")
+    reason = conv.onednn.unavailable()
+    if reason:
+        print(f"oneDNN left out: {reason}")
         for impls in found.values():
             impls.pop("onednn")
     return found

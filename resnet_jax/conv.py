@@ -239,8 +239,9 @@ def plan_for(impl: str, shape: Sequence[int], kernel_shape: Sequence[int], strid
         native = fp32 and not _PORTABLE.get() and _traced_per_device() and _onednn_for_auto()
         return cpu_plan(shape, kernel_shape, stride, with_onednn=native)
     if impl == "onednn":
-        if onednn.unavailable():
-            raise ValueError(f"conv_impl='onednn': {onednn.unavailable()}")
+        reason = onednn.unavailable()
+        if reason:
+            raise ValueError(f"conv_impl='onednn': {reason}")
         if not fp32:
             raise ValueError(f"conv_impl='onednn' computes in float32, got {jnp.dtype(dtype).name}")
     return Plan(impl, impl, impl)  # "xla" on CPUs: gradients that stay fast inside loops

@@ -14,7 +14,6 @@
 #include <mutex>
 #include <string>
 #include <unordered_map>
-#include <vector>
 
 #include "oneapi/dnnl/dnnl.hpp"
 #include "xla/ffi/api/ffi.h"
@@ -123,40 +122,26 @@ ffi::Error Run(ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi::F32> b, ffi::ResultBuff
     const auto f32 = memory::data_type::f32;
     memory::desc src({s.n, s.ci, s.h, s.w}, f32, tag::nhwc);
     memory::desc dst({s.n, s.co, s.ho, s.wo}, f32, tag::nhwc);
-    std::vector<uint8_t> scratch(c->scratch.get_size());
-    memory scratch_mem(c->scratch, eng, scratch.data());
-    std::vector<uint8_t> kernel_buf;
-    auto kernel_mem = [&](void* user) {
-      memory user_mem(c->user_kernel, eng, user);
-      if (!c->reorder) return user_mem;
-      kernel_buf.resize(c->kernel.get_size());
-      return memory(c->kernel, eng, kernel_buf.data());
-    };
+    // uninitialised buffers: oneDNN writes them before it reads them
+    std::unique_ptr<uint8_t[]> scratch(new uint8_t[c->scratch.get_size()]);
+    std::unique_ptr<uint8_t[]> kernel_buf(c->reorder ? new uint8_t[c->kernel.get_size()] : nullptr);
+    // the kernel (passes 0, 1: an input; pass 2: the result) as the user holds it, and as the primitive takes it
+    memory user_kernel(c->user_kernel, eng, pass == 2 ? out->untyped_data() : b.untyped_data());
+    memory kernel = c->reorder ? memory(c->kernel, eng, kernel_buf.get()) : user_kernel;
+    if (c->reorder && pass != 2) c->to_prim.execute(stream, user_kernel, kernel);
+    std::unordered_map<int, memory> args{{DNNL_ARG_SCRATCHPAD, memory(c->scratch, eng, scratch.get())}};
     if (pass == 0) {
-      memory user_w(c->user_kernel, eng, b.untyped_data());
-      memory w = kernel_mem(b.untyped_data());
-      if (c->reorder) c->to_prim.execute(stream, user_w, w);
-      c->prim.execute(stream, {{DNNL_ARG_SRC, memory(src, eng, a.untyped_data())},
-                               {DNNL_ARG_WEIGHTS, w},
-                               {DNNL_ARG_DST, memory(dst, eng, out->untyped_data())},
-                               {DNNL_ARG_SCRATCHPAD, scratch_mem}});
+      args.insert({{DNNL_ARG_SRC, memory(src, eng, a.untyped_data())}, {DNNL_ARG_WEIGHTS, kernel},
+                   {DNNL_ARG_DST, memory(dst, eng, out->untyped_data())}});
     } else if (pass == 1) {
-      memory user_w(c->user_kernel, eng, b.untyped_data());
-      memory w = kernel_mem(b.untyped_data());
-      if (c->reorder) c->to_prim.execute(stream, user_w, w);
-      c->prim.execute(stream, {{DNNL_ARG_DIFF_DST, memory(dst, eng, a.untyped_data())},
-                               {DNNL_ARG_WEIGHTS, w},
-                               {DNNL_ARG_DIFF_SRC, memory(src, eng, out->untyped_data())},
-                               {DNNL_ARG_SCRATCHPAD, scratch_mem}});
+      args.insert({{DNNL_ARG_DIFF_DST, memory(dst, eng, a.untyped_data())}, {DNNL_ARG_WEIGHTS, kernel},
+                   {DNNL_ARG_DIFF_SRC, memory(src, eng, out->untyped_data())}});
     } else {
-      memory user_dw(c->user_kernel, eng, out->untyped_data());
-      memory dw = kernel_mem(out->untyped_data());
-      c->prim.execute(stream, {{DNNL_ARG_SRC, memory(src, eng, a.untyped_data())},
-                               {DNNL_ARG_DIFF_DST, memory(dst, eng, b.untyped_data())},
-                               {DNNL_ARG_DIFF_WEIGHTS, dw},
-                               {DNNL_ARG_SCRATCHPAD, scratch_mem}});
-      if (c->reorder) c->from_prim.execute(stream, dw, user_dw);
+      args.insert({{DNNL_ARG_SRC, memory(src, eng, a.untyped_data())},
+                   {DNNL_ARG_DIFF_DST, memory(dst, eng, b.untyped_data())}, {DNNL_ARG_DIFF_WEIGHTS, kernel}});
     }
+    c->prim.execute(stream, args);
+    if (c->reorder && pass == 2) c->from_prim.execute(stream, kernel, user_kernel);
     stream.wait();
   } catch (const dnnl::error& e) {
     return ffi::Error(ffi::ErrorCode::kInternal, std::string("oneDNN: ") + e.what());
