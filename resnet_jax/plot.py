@@ -33,7 +33,8 @@ def series(events: list[dict], key: str) -> tuple[list[int], list[float]]:
 
 def plot_runs(run_dirs: Sequence[str], output: str, title: str | None = None, labels: Sequence[str] | None = None,
               ax=None, metric: str = "error", classes: int = 0) -> str:
-    """Overlay runs in one figure (or on ``ax``); returns the output path (written atomically). ``metric``:
+    """Overlay runs in one figure (or on ``ax``), runs with the same label in one colour (seeds of one model);
+    returns the output path (written atomically). ``metric``:
     "error" (top-1, %) or "loss" (cross-entropy; with ``classes``, chance's ln(classes) is drawn dashed)."""
     if metric not in ("error", "loss"):
         raise ValueError(f"metric must be 'error' or 'loss', got {metric!r}")
@@ -46,13 +47,16 @@ def plot_runs(run_dirs: Sequence[str], output: str, title: str | None = None, la
     own = ax is None
     if own:
         fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    colors: dict[str, str] = {}  # runs with the same label (seeds of one model) share a colour and a legend entry
     for i, run in enumerate(run_dirs):
         events = read_metrics(run)
         label = labels[i] if labels else os.path.basename(os.path.normpath(run))
-        color = f"C{i}"
+        first = label not in colors
+        color = colors.setdefault(label, f"C{len(colors)}")
         ax.plot(*series(events, train_key), color=color, linewidth=0.8, alpha=0.8)
         steps, values = series(events, eval_key)
-        ax.plot(steps, values, color=color, linewidth=2.2, label=label, marker="o" if len(steps) < 4 else None)
+        ax.plot(steps, values, color=color, linewidth=2.2, label=label if first else None,
+                marker="o" if len(steps) < 4 else None)
     if metric == "loss" and classes:
         ax.axhline(math.log(classes), color="gray", linestyle="--", linewidth=1, label=f"chance: ln {classes}")
     ax.set_xlabel("iterations")

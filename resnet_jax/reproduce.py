@@ -62,12 +62,14 @@ def degradation_config(model: str, args: argparse.Namespace):
     return c
 
 
-def imagenet_config(model: str, dataset: str, steps: int, batch_size: int, on_device: bool):
+def imagenet_config(model: str, dataset: str, steps: int, batch_size: int, on_device: bool, seed: int = 0):
     """The tiny_imagenet config of ``model`` (option A shortcuts for ResNets, as in Table 2), its schedule
-    compressed into ``steps`` and its rates scaled linearly with the batch (0.1, and 0.01 to warm up, at 256)."""
+    compressed into ``steps`` and its rates scaled linearly with the batch (0.1, and 0.01 to warm up, at 256);
+    ``seed`` draws the initial weights, the epochs' order and the augmentations."""
     from resnet_jax.configs import tiny_imagenet
 
     c = tiny_imagenet.get_config(model)
+    c.seed = seed
     if not model.startswith("plain"):
         c.shortcut = "A"
     c.dataset = dataset
@@ -236,19 +238,47 @@ def evaluate_run(run_dir: str, batch_size: int) -> dict:
     return kept
 
 
-def claims_text(rows: dict) -> list[str]:
-    """Each of Sec. 4.1's claims whose two models were trained: the measured differences beside the paper's."""
+def run_name(model: str, seed: int) -> str:
+    """A study's run directory for one seed: ``<model>`` for seed 0 (so a one-seed study's layout stays as it
+    was), ``<model>-seed<N>`` for the others."""
+    return model if seed == 0 else f"{model}-seed{seed}"
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value)."""
+    m = sum(values) / len(values)
+    return m, (sum((v - m) ** 2 for v in values) / (len(values) - 1)) ** 0.5 if len(values) > 1 else 0.0
+
+
+def percent(values: Sequence[float]) -> str:
+    """``27.94 %`` for one seed, ``27.94 ± 0.31 %`` (mean ± standard deviation) for several."""
+    m, sd = mean_std(values)
+    return f"{m:.2f} %" if len(values) == 1 else f"{m:.2f} ± {sd:.2f} %"
+
+
+def claims_text(rows: dict[str, list[dict]]) -> list[str]:
+    """Each of Sec. 4.1's claims whose two models were trained: the measured differences (means over the seeds,
+    paired by seed) beside the paper's, and in how many seeds the difference has the paper's sign."""
     lines = []
     for model, base, claim in CLAIMS:
         if model not in rows or base not in rows:
             continue
-        a, b = rows[model], rows[base]
-        val, train = a["10"]["top1_error"] - b["10"]["top1_error"], a["train_error"] - b["train_error"]
+        pairs = list(zip(rows[model], rows[base]))
+        vals = [a["10"]["top1_error"] - b["10"]["top1_error"] for a, b in pairs]
+        train, _ = mean_std([a["train_error"] - b["train_error"] for a, b in pairs])
+        val, sd = mean_std(vals)
         paper = PAPER_TABLE2[model] - PAPER_TABLE2[base]
-        holds = (val > 0) == (paper > 0)
+        agree = sum((v > 0) == (paper > 0) for v in vals)
+        if len(vals) == 1:
+            verdict = "holds" if agree else "does not show"
+            spread = ""
+        else:
+            verdict = ("holds" if agree == len(vals) else "does not show" if agree == 0 else "is mixed") + \
+                f" (the paper's sign in {agree} of {len(vals)} seeds)"
+            spread = f" (± {sd:.2f} over {len(vals)} seeds)"
         lines.append(f"- **{display_name(model)} vs {display_name(base)}**: {claim} (paper: {paper:+.2f} points "
-                     f"top-1, 10-crop). Here: {val:+.2f} points validation top-1 (10-crop), {train:+.2f} points "
-                     f"training error: {'holds' if holds else 'does not show'} at this budget.")
+                     f"top-1, 10-crop). Here: {val:+.2f} points validation top-1 (10-crop){spread}, {train:+.2f} "
+                     f"points training error: {verdict} at this budget.")
     return lines
 
 
@@ -260,6 +290,8 @@ def imagenet(args: argparse.Namespace) -> None:
     unknown = [m for m in models if not re.fullmatch(r"(plain|resnet)\d+", m)]
     if unknown:
         sys.exit(f"error: --models: {unknown} are not plain<depth> or resnet<depth> networks")
+    if args.seeds < 1:
+        sys.exit(f"error: --seeds must be at least 1, got {args.seeds}")
     if not args.dataset.startswith("folder:"):
         sys.exit(f"error: --dataset must be an image folder (folder:/path/to/tiny-imagenet-200), got {args.dataset}")
     root = args.dataset.split(":", 1)[1]
@@ -271,30 +303,39 @@ def imagenet(args: argparse.Namespace) -> None:
     dataset = f"folder:{os.path.abspath(root)}"
     train, val = (data.get_source(dataset, split) for split in ("train", "val"))
     steps = args.steps or tiny_imagenet.EPOCHS * train.num_examples // args.batch_size
-    configs = {m: imagenet_config(m, dataset, steps, args.batch_size, args.on_device_data) for m in models}
+    seeds = range(args.seeds)
+    configs = {run_name(m, s): imagenet_config(m, dataset, steps, args.batch_size, args.on_device_data, s)
+               for s in seeds for m in models}  # seed by seed: a study cut short has every model of its first seeds
     seconds = train_all(args.workdir, configs, "imagenet study")
-    rows = {}
-    for m in models:
-        run = os.path.join(args.workdir, m)
-        rows[m] = dict(evaluate_run(run, args.eval_batch_size), **final_errors(run, steps, max(1, steps // 10)))
+    rows = {m: [] for m in models}
+    for s in seeds:
+        for m in models:
+            run = os.path.join(args.workdir, run_name(m, s))
+            errors = final_errors(run, steps, max(1, steps // 10))
+            rows[m].append(dict(evaluate_run(run, args.eval_batch_size), **errors))
     epochs = steps * args.batch_size / train.num_examples
     title = (f"Tiny ImageNet, {len(train.class_names)} classes, {steps} iterations of {args.batch_size} "
-             f"({epochs:.1f} epochs): training error (thin) and validation error (bold)")
-    plot_study(args.workdir, models, title, "imagenet.png", display_name)
+             f"({epochs:.1f} epochs{f', {args.seeds} seeds' if args.seeds > 1 else ''}): training error (thin) and "
+             "validation error (bold)")
+    plot_study(args.workdir, [run_name(m, s) for m in models for s in seeds], title, "imagenet.png",
+               lambda run: display_name(run.split("-seed")[0]))
     table = ["| model | layers | training error (last 10 %) | top-1 center | top-5 center | top-1 10-crop | "
              "top-5 10-crop | paper top-1 10-crop (ImageNet) |", "|---|---|---|---|---|---|---|---|"]
     for m, r in rows.items():
-        c, t = r["center"], r["10"]
+        cells = [percent([x["train_error"] for x in r])]
+        cells += [percent([x[view][key] for x in r])
+                  for view in ("center", "10") for key in ("top1_error", "top5_error")]
         paper = f"{PAPER_TABLE2[m]:.2f} %" if m in PAPER_TABLE2 else ""
         depth = re.search(r"[0-9]+$", m)[0]
-        table.append(f"| {display_name(m)} | {depth} | {r['train_error']:.2f} % | {c['top1_error']:.2f} % "
-                     f"| {c['top5_error']:.2f} % | {t['top1_error']:.2f} % | {t['top5_error']:.2f} % | {paper} |")
+        table.append(f"| {display_name(m)} | {depth} | {' | '.join(cells)} | {paper} |")
     claims = claims_text(rows)
+    seeds_text = ("one seed (0)" if args.seeds == 1 else
+                  f"{args.seeds} seeds (0-{args.seeds - 1}); each cell is the mean ± standard deviation over them")
     write_text(os.path.join(args.workdir, "imagenet.md"),
                f"# ImageNet study: plain vs residual, 18 vs 34 layers (Figure 4, Table 2)\n\n`{command_line()}`\n\n"
                f"Data: {dataset} ({len(train.class_names)} classes, {train.num_examples} training and "
                f"{val.num_examples} validation images). {steps} iterations of batch {args.batch_size} "
-               f"({epochs:.1f} epochs) per model; validation error of the last step.\n\n"
+               f"({epochs:.1f} epochs) per model, {seeds_text}; validation error of the last step.\n\n"
                f"Wall time: {seconds / 60:.1f} min for the training this invocation did.\n\n"
                + "\n".join(table) + "\n" + ("\n" + "\n".join(claims) + "\n" if claims else ""))
 
@@ -318,6 +359,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     i.add_argument("--eval_batch_size", type=int, default=200)
     i.add_argument("--workdir", default="runs/imagenet")
     i.add_argument("--models", default=",".join(IMAGENET_MODELS))
+    i.add_argument("--seeds", type=int, default=1,
+                   help="train every model with seeds 0..N-1 (<workdir>/<model>, <model>-seed1, ...); the table "
+                        "gives mean ± standard deviation and each claim in how many seeds it holds")
     i.add_argument("--on_device_data", action="store_true",
                    help="keep the train set on the accelerator, augmented there with the cifar preset (4-pixel pad, "
                         "crop, flip) instead of the host's scale augmentation")

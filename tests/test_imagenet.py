@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import evaluate
-from resnet_jax import checkpoint, class_names, data, training
+from resnet_jax import checkpoint, class_names, data, plot, training
 from resnet_jax.configs import tiny_imagenet
 
 
@@ -108,6 +108,16 @@ def test_imagenet_study_trains_evaluates_and_writes_figure_4_and_table_2(tiny_im
     mtimes = {m: (tmp_path / m / "evaluation.json").stat().st_mtime for m in models}
     reproduce.main(args)  # finished models and their evaluations are skipped
     assert mtimes == {m: (tmp_path / m / "evaluation.json").stat().st_mtime for m in models}
+    # A second seed of one model, added later: seed 0 is kept, seed 1 trains from its own initial weights.
+    reproduce.main([a for a in args if not a.startswith("--models")] + ["--models=resnet18", "--seeds=2"])
+    assert mtimes["resnet18"] == (tmp_path / "resnet18" / "evaluation.json").stat().st_mtime
+    table = (tmp_path / "imagenet.md").read_text()
+    assert "2 seeds (0-1)" in table and "| ResNet-18 | 18 | " in table and " ± " in table, table
+    _, _, info = checkpoint.load_checkpoint(str(tmp_path / "resnet18-seed1"))
+    assert info["config"]["seed"] == 1
+    first, second = ([e["train_loss"] for e in plot.read_metrics(str(tmp_path / run)) if "train_loss" in e]
+                     for run in ("resnet18", "resnet18-seed1"))
+    assert len(first) == len(second) >= 4 and first != second
 
 
 def test_the_imagenet_study_subset_keeps_the_first_classes_and_their_labels(tmp_path):
@@ -133,13 +143,23 @@ def test_the_imagenet_study_states_each_claim_from_its_numbers():
     def row(train, val):
         return {"train_error": train, "10": {"top1_error": val}}
 
-    lines = reproduce.claims_text({"plain18": row(80, 85), "plain34": row(90, 95), "resnet18": row(78, 84),
-                                   "resnet34": row(79, 86)})
+    lines = reproduce.claims_text({"plain18": [row(80, 85)], "plain34": [row(90, 95)], "resnet18": [row(78, 84)],
+                                   "resnet34": [row(79, 86)]})
     assert len(lines) == 3
     assert "plain-34 vs plain-18" in lines[0] and "+10.00 points validation" in lines[0] and "holds" in lines[0]
     assert "ResNet-34 vs ResNet-18" in lines[1] and "+2.00 points" in lines[1] and "does not show" in lines[1]
     assert "ResNet-34 vs plain-34" in lines[2] and "-9.00 points" in lines[2] and "holds" in lines[2]
-    assert reproduce.claims_text({"plain18": row(80, 85)}) == []
+    assert reproduce.claims_text({"plain18": [row(80, 85)]}) == []
+    # Several seeds: differences paired by seed, their mean ± standard deviation, and the seeds that agree.
+    lines = reproduce.claims_text({"plain18": [row(80, 85), row(80, 86)], "plain34": [row(90, 95), row(90, 85)],
+                                   "resnet18": [row(78, 84), row(78, 84)], "resnet34": [row(76, 82), row(76, 81)]})
+    assert "+4.50 points validation top-1 (10-crop) (± 7.78 over 2 seeds)" in lines[0], lines[0]
+    assert "is mixed (the paper's sign in 1 of 2 seeds)" in lines[0]
+    assert "-2.50 points" in lines[1] and "holds (the paper's sign in 2 of 2 seeds)" in lines[1]
+    assert "-8.50 points" in lines[2] and "holds (the paper's sign in 2 of 2 seeds)" in lines[2]
+    [line] = reproduce.claims_text({"resnet18": [row(78, 84), row(78, 84)], "resnet34": [row(79, 86), row(79, 85)]})
+    assert "+1.50 points" in line and "does not show (the paper's sign in 0 of 2 seeds)" in line
+    assert reproduce.percent([27.0]) == "27.00 %" and reproduce.percent([27.0, 28.0]) == "27.50 ± 0.71 %"
 
 
 def test_loss_curves_show_chance(tmp_path):
