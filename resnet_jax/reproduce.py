@@ -62,10 +62,12 @@ def degradation_config(model: str, args: argparse.Namespace):
     return c
 
 
-def imagenet_config(model: str, dataset: str, steps: int, batch_size: int, on_device: bool, seed: int = 0):
+def imagenet_config(model: str, dataset: str, steps: int, batch_size: int, on_device: bool, seed: int = 0,
+                    steps_per_loop: int = 1):
     """The tiny_imagenet config of ``model`` (option A shortcuts for ResNets, as in Table 2), its schedule
     compressed into ``steps`` and its rates scaled linearly with the batch (0.1, and 0.01 to warm up, at 256);
-    ``seed`` draws the initial weights, the epochs' order and the augmentations."""
+    ``seed`` draws the initial weights, the epochs' order and the augmentations; ``steps_per_loop`` train steps
+    run per jitted call (the same training, less dispatch on an accelerator)."""
     from resnet_jax.configs import tiny_imagenet
 
     c = tiny_imagenet.get_config(model)
@@ -85,6 +87,7 @@ def imagenet_config(model: str, dataset: str, steps: int, batch_size: int, on_de
     c.eval_every_steps = c.checkpoint_every_steps = max(1, steps // 5)
     if on_device:  # the device augments as the cifar preset does (pad 4, crop, flip); scale augmentation is host-only
         c.on_device_data, c.train_preset = True, "cifar"
+    c.steps_per_loop = steps_per_loop
     return c
 
 
@@ -304,7 +307,8 @@ def imagenet(args: argparse.Namespace) -> None:
     train, val = (data.get_source(dataset, split) for split in ("train", "val"))
     steps = args.steps or tiny_imagenet.EPOCHS * train.num_examples // args.batch_size
     seeds = range(args.seeds)
-    configs = {run_name(m, s): imagenet_config(m, dataset, steps, args.batch_size, args.on_device_data, s)
+    configs = {run_name(m, s): imagenet_config(m, dataset, steps, args.batch_size, args.on_device_data, s,
+                                               args.steps_per_loop)
                for s in seeds for m in models}  # seed by seed: a study cut short has every model of its first seeds
     seconds = train_all(args.workdir, configs, "imagenet study")
     rows = {m: [] for m in models}
@@ -362,6 +366,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     i.add_argument("--seeds", type=int, default=1,
                    help="train every model with seeds 0..N-1 (<workdir>/<model>, <model>-seed1, ...); the table "
                         "gives mean ± standard deviation and each claim in how many seeds it holds")
+    i.add_argument("--steps_per_loop", type=int, default=1,
+                   help="train steps per jitted call: the same training with less dispatch (e.g. 50 on a GPU)")
     i.add_argument("--on_device_data", action="store_true",
                    help="keep the train set on the accelerator, augmented there with the cifar preset (4-pixel pad, "
                         "crop, flip) instead of the host's scale augmentation")
