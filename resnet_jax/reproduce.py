@@ -3,7 +3,7 @@
     python -m resnet_jax.reproduce degradation --dataset=folder:/path/to/cifar10 --steps=1500 \
         --workdir=runs/degradation [--models=cifar_plain20,cifar_plain56,cifar_resnet20,cifar_resnet56]
     python -m resnet_jax.reproduce imagenet --dataset=folder:/path/to/tiny-imagenet-200 --classes=100 \
-        --steps=1000 --batch_size=64 --workdir=runs/imagenet [--models=plain18,plain34,resnet18,resnet34]
+        --steps=1000 --batch_size=64 --workdir=runs/imagenet [--models=plain18,plain34,resnet18,resnet34] [--seeds=2]
 
 ``degradation`` (Sec. 4.1-4.2, Figures 1 and 6): deeper plain nets have higher *training* error than
 shallower ones, and residual learning removes that degradation. Each model trains with the paper's CIFAR
@@ -17,7 +17,8 @@ compresses the schedule (warm-up for the first 1/40 of the steps, the rate ÷10 
 20 and 30 of 40),
 ``--batch_size`` scales the rate linearly (0.1 at 256). Then every model is evaluated like ``evaluate.py``
 (center crop and 10-crop), and ``imagenet.png`` (like Figure 4) and ``imagenet.md`` (like Table 2, with the
-paper's three claims checked against the numbers) are written.
+paper's three claims checked against the numbers) are written. ``--seeds=N`` trains every model with seeds
+0..N-1: the table gives mean ± standard deviation and each claim the number of seeds that show it.
 
 Both studies train each model in ``<workdir>/<model>``, checkpointed and resumable: rerunning skips finished
 models (and their evaluation) and resumes an interrupted one.
