@@ -17,7 +17,7 @@ CLASSES=${CLASSES:-100}
 if [ "${1:-}" = "--pack" ]; then
   SRC=$2; DEST=$3; tmp=$(mktemp -d)
   tar -xzf "$SRC" -C "$tmp"
-  "$PY" -c "import sys; from resnet_jax.reproduce import class_subset; class_subset(*sys.argv[1:2], int(sys.argv[2]), sys.argv[3])" \
+  "$PY" -c "import sys; from resnet_jax.reproduce import class_subset; class_subset(sys.argv[1], int(sys.argv[2]), sys.argv[3])" \
     "$tmp/tiny-imagenet-200" "$CLASSES" "$tmp/tiny-imagenet-$CLASSES"
   mkdir -p "$(dirname "$DEST")"
   tar -czhf "$DEST.tmp" -C "$tmp" "tiny-imagenet-$CLASSES" && mv "$DEST.tmp" "$DEST"   # -h: the files, not links

@@ -307,23 +307,21 @@ def imagenet(args: argparse.Namespace) -> None:
     dataset = f"folder:{os.path.abspath(root)}"
     train, val = (data.get_source(dataset, split) for split in ("train", "val"))
     steps = args.steps or tiny_imagenet.EPOCHS * train.num_examples // args.batch_size
-    seeds = range(args.seeds)
-    configs = {run_name(m, s): imagenet_config(m, dataset, steps, args.batch_size, args.on_device_data, s,
-                                               args.steps_per_loop)
-               for s in seeds for m in models}  # seed by seed: a study cut short has every model of its first seeds
+    # Seed by seed, so that a study cut short has every model of its first seeds.
+    runs = {run_name(m, s): (m, s) for s in range(args.seeds) for m in models}
+    configs = {run: imagenet_config(m, dataset, steps, args.batch_size, args.on_device_data, s, args.steps_per_loop)
+               for run, (m, s) in runs.items()}
     seconds = train_all(args.workdir, configs, "imagenet study")
-    rows = {m: [] for m in models}
-    for s in seeds:
-        for m in models:
-            run = os.path.join(args.workdir, run_name(m, s))
-            errors = final_errors(run, steps, max(1, steps // 10))
-            rows[m].append(dict(evaluate_run(run, args.eval_batch_size), **errors))
+    rows = {m: [] for m in models}  # each model's rows in seed order
+    for run, (m, _) in runs.items():
+        path = os.path.join(args.workdir, run)
+        errors = final_errors(path, steps, max(1, steps // 10))
+        rows[m].append(dict(evaluate_run(path, args.eval_batch_size), **errors))
     epochs = steps * args.batch_size / train.num_examples
     title = (f"Tiny ImageNet, {len(train.class_names)} classes, {steps} iterations of {args.batch_size} "
              f"({epochs:.1f} epochs{f', {args.seeds} seeds' if args.seeds > 1 else ''}): training error (thin) and "
              "validation error (bold)")
-    plot_study(args.workdir, [run_name(m, s) for m in models for s in seeds], title, "imagenet.png",
-               lambda run: display_name(run.split("-seed")[0]))
+    plot_study(args.workdir, list(runs), title, "imagenet.png", lambda run: display_name(runs[run][0]))
     table = ["| model | layers | training error (last 10 %) | top-1 center | top-5 center | top-1 10-crop | "
              "top-5 10-crop | paper top-1 10-crop (ImageNet) |", "|---|---|---|---|---|---|---|---|"]
     for m, r in rows.items():
