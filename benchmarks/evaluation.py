@@ -30,7 +30,7 @@ def main() -> None:
     p.add_argument("--dtype", default="float32")
     p.add_argument("--output")
     args = p.parse_args()
-    tf = data._tf()
+    tf = data.backend.tensorflow()
     files = sorted(glob.glob(os.path.join(args.images, "**", "*.JPEG"), recursive=True)
                    + glob.glob(os.path.join(args.images, "**", "*.jpg"), recursive=True))[:args.limit]
     n = len(files) - len(files) % args.batch_size

@@ -9,6 +9,7 @@
 # The extra flags go to `python -m resnet_jax.reproduce imagenet` after the defaults, so they override them
 # (e.g. --seeds=2, --steps=2000, or --classes=3 --steps=8 --batch_size=8 to check the script on a CPU).
 # Prints imagenet.md (Table 2 with the claims, the training's wall time) and the whole call's time and device.
+# STUDY=shortcuts runs Table 3's study (ResNet-34 A/B/C, plain-34) the same way: benchmarks/gpu_shortcuts.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -30,7 +31,7 @@ mkdir -p "$OUT/data"
 name=$(tar -tzf "$TAR" | sed -n 1p | cut -d/ -f1)
 [ -d "$OUT/data/$name" ] || tar -xzf "$TAR" -C "$OUT/data"
 start=$(date +%s)
-"$PY" -m resnet_jax.reproduce imagenet --dataset="folder:$OUT/data/$name" --batch_size=64 --on_device_data \
+"$PY" -m resnet_jax.reproduce "${STUDY:-imagenet}" --dataset="folder:$OUT/data/$name" --batch_size=64 --on_device_data \
   --steps_per_loop="${STEPS_PER_LOOP:-50}" --workdir="$OUT" "$@"
-echo "gpu_imagenet.sh: $(( $(date +%s) - start )) s in all (training, evaluations, figure) on $("$PY" -c \
+echo "gpu ${STUDY:-imagenet} study: $(( $(date +%s) - start )) s in all (training, evaluations, figure) on $("$PY" -c \
   'import jax; print(jax.devices()[0].device_kind)')"

@@ -49,7 +49,7 @@ def main() -> None:
     parser.add_argument("--reference", help="path to flax/examples/imagenet for a same-run comparison")
     parser.add_argument("--output")
     args = parser.parse_args()
-    tf = data._tf()
+    tf = data.backend.tensorflow()
     files = sorted(glob.glob(os.path.join(args.images, "**", "*.JPEG"), recursive=True)
                    + glob.glob(os.path.join(args.images, "**", "*.jpg"), recursive=True))
     if not files:

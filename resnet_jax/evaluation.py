@@ -13,7 +13,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from resnet_jax import class_names, data
+from resnet_jax import class_names, data, responses
+from resnet_jax.mesh import make_mesh
 
 
 def predict_probs(model: Any, variables: Any, images: jax.Array, mean: Any, std: Any) -> jax.Array:
@@ -97,11 +98,9 @@ def evaluate_views(clf: Classifier, source: data.Source, modes: Iterable[str], b
     "multiscale"; Sec. 3.4), each with a progress bar on process 0. CIFAR models classify the whole image."""
     from tqdm import tqdm
 
-    from resnet_jax import training
-
     pre, info = clf.info["preprocessing"], clf.info
     cifar = pre.get("eval_preset") == "cifar"
-    mesh = training.make_mesh()
+    mesh = make_mesh()
     replicated = jax.device_put(clf.variables, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
     results = []
     for mode in modes:
@@ -129,15 +128,15 @@ def multiscale_views(encoded: bytes, sizes=data.MULTISCALE_SIZES, multiple: int 
     """The whole image at each scale (shorter side = size; the longer side rounded to a multiple of
     ``multiple`` so that a few compiled shapes serve a whole dataset), each with its horizontal flip:
     a list of (2, H, W, 3) uint8 arrays (Sec. 3.4, fully-convolutional multi-scale testing)."""
-    tf = data._tf()
-    image = data._decode(tf, tf.constant(encoded), accurate=True)
+    tf = data.backend.tensorflow()
+    image = data.backend.decode(tf, tf.constant(encoded), accurate=True)
     h, w = int(image.shape[0]), int(image.shape[1])
     views = []
     for size in sizes:
         scale = size / min(h, w)
         nh = size if h <= w else max(size, int(h * scale / multiple + 0.5) * multiple)
         nw = size if w < h else max(size, int(w * scale / multiple + 0.5) * multiple)
-        resized = data._resize(tf, image, [nh, nw]).numpy()
+        resized = data.backend.resize(tf, image, [nh, nw]).numpy()
         views.append(np.stack([resized, resized[:, ::-1]]))
     return views
 
@@ -186,6 +185,8 @@ class Classifier:
         self.class_names = class_names.readable(info.get("class_names") or self.class_ids)
         self._probs = jax.jit(lambda v, x: predict_probs(model, v, x, self.mean, self.std))
         self._features = jax.jit(lambda v, x: features(model, v, x, self.mean, self.std))
+        self._responses = jax.jit(lambda v, x: responses.layer_responses(model, v, data.normalize(x, self.mean,
+                                                                                                   self.std)))
 
     @classmethod
     def from_checkpoint(cls, workdir: str, step: int | str = "latest") -> Classifier:
@@ -233,6 +234,11 @@ class Classifier:
         last stage. With ``stages``, a dict that adds the stem's and every stage's feature maps (NHWC)."""
         out = self._features(self.variables, self.preprocess(images))
         return {k: np.asarray(v) for k, v in out.items()} if stages else np.asarray(out["pre_logits"])
+
+    def responses(self, images: Any) -> dict[str, np.ndarray]:
+        """Every 3x3 layer's response to images (as ``predict`` takes them): its output after BN, before the ReLU
+        or the shortcut addition (Sec. 4.2, Figure 7), input to output (``resnet_jax.responses``)."""
+        return {k: np.asarray(v) for k, v in self._responses(self.variables, self.preprocess(images)).items()}
 
     def top_k(self, images: Any, k: int = 5, ids: bool = False) -> tuple[list[list[str]], np.ndarray]:
         """The k most probable class names (or, with ``ids``, the dataset's class ids such as wnids) and their

@@ -5,6 +5,7 @@ All modules take NHWC images and keep batch-norm statistics in the ``batch_stats
     logits = model.apply(variables, x, train=False)
     logits, updates = model.apply(variables, x, train=True, mutable=["batch_stats"])
     logits, feats = model.apply(variables, x, features=True)   # stem, stage1..N, pre_logits
+    responses = layer_responses(model, variables, x)             # each 3x3 layer after BN (resnet_jax.responses)
 
 Names follow the paper: Table 1 (ImageNet), Sec. 4.2 (CIFAR, 6n+2 layers), Sec. 3.3 (shortcut options).
 """
@@ -30,7 +31,15 @@ ModuleDef = Any
 conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 SHORTCUTS = ("A", "B", "C")
+RESPONSES = "responses"  # the collection each 3x3 layer's output after BN is sown into (apply with mutable=[...])
 VERSIONS = ("v1", "v1.5")
+
+
+def sow_response(module: nn.Module, conv: str, y: Array) -> None:
+    """Keep a 3x3 layer's output after BN in the ``responses`` collection when the caller asks for it (``apply``
+    with ``mutable=[RESPONSES]``); never in ``init``'s variables."""
+    if not module.is_initializing():
+        module.sow(RESPONSES, f"{conv}_response", y)
 
 
 def _conv(features: int, kernel: int, strides: int = 1, **kw: Any) -> nn.Conv:
@@ -103,6 +112,8 @@ class ResidualBlock(nn.Module):
             last = i == len(layers)
             scale_init = nn.initializers.zeros if last and self.zero_init_residual else nn.initializers.ones
             y = self.norm(name=f"bn{i}", scale_init=scale_init)(y)
+            if kernel == 3:  # Sec. 4.2's layer responses: after BN, before the ReLU or the addition
+                sow_response(self, f"conv{i}", y)
             if not last:
                 y = nn.relu(y)
         if self.residual:
@@ -130,7 +141,7 @@ class Stage(nn.Module):
         x = block(self.filters, self.strides, name="block0")(x)
         if self.scan and self.num_blocks > 1:
             body = nn.scan(lambda mdl, carry, _: (mdl(carry), None),
-                           variable_axes={"params": 0, "batch_stats": 0},
+                           variable_axes={"params": 0, "batch_stats": 0, RESPONSES: 0},
                            split_rngs={"params": True}, length=self.num_blocks - 1)
             x, _ = body(block(self.filters, 1, name="blocks"), x, None)
         else:
@@ -189,8 +200,10 @@ class ResNet(nn.Module):
             # padded apart from the pooling (the same result): jax2onnx's max_pool drops a pooling's own padding
             x = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), constant_values=-jnp.inf)
             x = nn.max_pool(x, window_shape=(3, 3), strides=(2, 2))
-        else:
-            x = nn.relu(norm_of("stem")(name="bn1")(conv(self.widths[0], 3, 1, name="conv1")(x)))
+        else:  # a 3x3 layer: its response counts (Figure 7's first layer)
+            x = norm_of("stem")(name="bn1")(conv(self.widths[0], 3, 1, name="conv1")(x))
+            sow_response(self, "conv1", x)
+            x = nn.relu(x)
         out["stem"] = x
         for i, (size, width) in enumerate(zip(self.stage_sizes, self.widths, strict=True)):
             stage_block = functools.partial(block, norm=norm_of(f"stage{i + 1}"))

@@ -345,7 +345,7 @@ def test_real_cifar10_jpegs(cifar10_root):
     first = next(data.eval_batches(test, 64, "cifar", 32, process_index=0, process_count=1))
     pil = np.stack([np.asarray(Image.open(p).convert("RGB")) for p in test.paths[:64]])
     np.testing.assert_array_equal(first["image"], pil)
-    tf = data._tf()
+    tf = data.backend.tensorflow()
     via_tf = np.stack([data.eval_preprocess(tf.io.read_file(p), "cifar", 32).numpy() for p in test.paths[:64]])
     np.testing.assert_array_equal(via_tf, pil)
     mean = data.pixel_mean(test)  # CIFAR-10's well-known channel means: 125.3, 123.0, 113.9

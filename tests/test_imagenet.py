@@ -36,7 +36,7 @@ def test_scale_augmentation_scales_with_the_crop(tmp_path):
 
     ys, xs = np.mgrid[0:128, 0:128]
     Image.fromarray(np.stack([ys * 2, xs * 2, np.zeros_like(ys)], -1).astype(np.uint8)).save(tmp_path / "a.png")
-    tf = data._tf()
+    tf = data.backend.tensorflow()
     raw = tf.io.read_file(str(tmp_path / "a.png"))
     spans = []
     for i in range(20):
@@ -186,3 +186,59 @@ def test_loss_curves_show_chance(tmp_path):
     output = tmp_path / "loss.png"
     plot.main([str(tmp_path), "--metric=loss", "--classes=200", f"--output={output}"])
     assert output.stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_shortcuts_study_reuses_the_imagenet_runs_and_writes_table_3(tiny_imagenet_root, tmp_path):
+    """``reproduce shortcuts`` on 3 real classes (18-layer nets for speed; the study's default is the paper's 34):
+    the ImageNet study's plain net is reused where its recipe is the same, options B and C are trained, evaluated
+    center and 10-crop, and Table 3 with its claims and the figure are written; a rerun skips everything."""
+    from resnet_jax import reproduce
+
+    common = [f"--dataset=folder:{tiny_imagenet_root}", "--classes=3", "--steps=6", "--batch_size=16"]
+    reproduce.main(["imagenet", *common, "--models=plain18", f"--workdir={tmp_path / 'imagenet'}"])
+    args = ["shortcuts", *common, "--models=plain18,resnet18_B,resnet18_C", f"--workdir={tmp_path / 'shortcuts'}",
+            f"--imagenet_workdir={tmp_path / 'imagenet'}"]
+    reproduce.main(args)
+    assert not (tmp_path / "shortcuts" / "plain18").exists()  # reused, not trained again
+    table = (tmp_path / "shortcuts" / "shortcuts.md").read_text()
+    for row in ("| plain-18 | 18 |", "| ResNet-18 B | 18 |", "| ResNet-18 C | 18 |"):
+        assert row in table, table
+    assert f"Reused from the ImageNet study: `{tmp_path / 'imagenet' / 'plain18'}`" in table
+    assert "ResNet-18 C vs ResNet-18 B" in table and "ResNet-18 B vs ResNet-18 A" not in table
+    assert (tmp_path / "shortcuts" / "shortcuts.png").stat().st_size > 5000
+    for option in "BC":
+        _, _, info = checkpoint.load_checkpoint(str(tmp_path / "shortcuts" / f"resnet18_{option}"))
+        assert info["model_options"]["shortcut"] == option and info["config"]["num_train_steps"] == 6
+    mtimes = {p: p.stat().st_mtime for p in tmp_path.rglob("evaluation.json")}
+    assert len(mtimes) == 3
+    reproduce.main(args)
+    assert mtimes == {p: p.stat().st_mtime for p in tmp_path.rglob("evaluation.json")}
+
+
+def test_the_shortcuts_study_judges_table_3s_readings_at_every_depth(tmp_path):
+    from resnet_jax.reproduce import shortcuts
+
+    def row(val):
+        return {"train_error": 50.0, "10": {"top1_error": val}}
+
+    lines = shortcuts.claims_text({"plain34": [row(90)], "resnet34_A": [row(80)], "resnet34_B": [row(81)],
+                                   "resnet34_C": [row(79)]})
+    assert "ResNet-34 A vs plain-34" in lines[0] and "(paper: -3.51 points" in lines[0] and ": holds" in lines[0]
+    assert "ResNet-34 B vs ResNet-34 A" in lines[1] and "(paper: -0.51" in lines[1] and "does not show" in lines[1]
+    assert "ResNet-34 C vs ResNet-34 B" in lines[2] and "(paper: -0.33" in lines[2] and ": holds" in lines[2]
+    assert len(shortcuts.claims_text({"resnet18_B": [row(80)], "resnet18_C": [row(81)]})) == 1
+    assert shortcuts.network("resnet34_C") == ("resnet34", "C") and shortcuts.network("plain34") == ("plain34", "A")
+    with pytest.raises(SystemExit, match="resnet34_D"):
+        shortcuts.run(shortcuts_args(tmp_path, models="resnet34_D"))
+
+
+def shortcuts_args(tmp_path, **flags):
+    import argparse
+
+    from resnet_jax.reproduce import shortcuts
+
+    p = argparse.ArgumentParser()
+    shortcuts.add_arguments(p)
+    return p.parse_args([f"--dataset=folder:{tmp_path}", f"--workdir={tmp_path}"] +
+                        [f"--{k}={v}" for k, v in flags.items()])

@@ -451,14 +451,14 @@ def test_cifar_folders_train_and_evaluate_without_tensorflow(tiny, tmp_path):
 def test_degradation_study_trains_resumes_and_reports(tiny, tmp_path, monkeypatch):
     from resnet_jax import reproduce
 
-    real = reproduce.degradation_config
+    real = reproduce.degradation.degradation_config
 
     def small(model, args):  # the study's recipe, on tiny 16x16 images
         c = real(model, args)
         c.update(dict(image_size=16, batch_size=8, eval_batch_size=8, log_every_steps=1))
         return c
 
-    monkeypatch.setattr(reproduce, "degradation_config", small)
+    monkeypatch.setattr(reproduce.degradation, "degradation_config", small)
     args = ["degradation", f"--dataset=folder:{tiny}", "--steps=4", f"--workdir={tmp_path}",
             "--models=cifar_plain20,cifar_resnet20"]
     reproduce.main(args)

@@ -10,9 +10,11 @@ PACKAGED = ("cifar10", "cifar100", "imagenet", "tiny_imagenet")
 
 
 def resolve(spec: str) -> str:
-    """``cifar10:cifar_resnet20`` -> ``<this package>/cifar10.py:cifar_resnet20``; a file path passes through."""
+    """``cifar10:cifar_resnet20`` -> ``<this package>/cifar10.py:cifar_resnet20``; a file path (``*.py``) passes
+    through. A packaged name is always the packaged config: a folder or file called ``cifar10`` (a data set, say)
+    beside the command never shadows it."""
     name, sep, rest = spec.partition(":")
-    if name not in PACKAGED or os.path.exists(name):
+    if name not in PACKAGED:
         return spec
     return os.path.join(os.path.dirname(os.path.abspath(__file__)), f"{name}.py") + sep + rest
 

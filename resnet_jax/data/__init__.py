@@ -14,19 +14,22 @@ TensorFlow is imported lazily: the models, and training and evaluation on CIFAR-
 with PIL) run without it.
 
 The package, by job: ``sources`` (image folders, TFDS, synthetic data), ``files`` (image files with PIL),
-``preprocess`` (one image: decoding, augmentations, evaluation views), ``pipelines`` (batches for training and
-evaluation, whole splits in memory, the device-side pieces); ``errors``. Everything is importable from here.
+``preprocess`` (one image: augmentations and evaluation views in TensorFlow), ``pipelines`` (batches for training
+and evaluation, whole splits in memory, the device-side pieces); below them ``geometry`` (where the evaluation
+views lie), ``backend`` (TensorFlow, imported lazily, and its decode and resize ops) and ``errors``. Everything is
+importable from here.
 """
 
+from resnet_jax.data import backend
 from resnet_jax.data.errors import DataError
 from resnet_jax.data.files import (
     IMAGE_EXTENSIONS,
-    center_resize,
     decode_files,
     eval_views,
     image_problem,
     unreadable_files,
 )
+from resnet_jax.data.geometry import center_resize, ten_crop_boxes
 from resnet_jax.data.pipelines import (
     array_batches,
     eval_batches,
@@ -48,11 +51,8 @@ from resnet_jax.data.preprocess import (
     decode_images,
     eval_preprocess,
     resize_shorter,
-    ten_crop_boxes,
     train_preprocess,
 )
-from resnet_jax.data.preprocess import _decode as _decode  # TensorFlow helpers resnet_jax.evaluation uses too
-from resnet_jax.data.preprocess import _resize as _resize
 from resnet_jax.data.sources import (
     SYNTHETIC_SPLITS,
     Source,
@@ -62,10 +62,10 @@ from resnet_jax.data.sources import (
     synthetic_source,
     tfds_source,
 )
-from resnet_jax.data.sources import _tf as _tf
 
 __all__ = ["EVAL_PRESETS", "IMAGENET_MEAN", "IMAGENET_STD", "IMAGE_EXTENSIONS", "MULTISCALE_SIZES", "PCA_EIGVAL",
-           "PCA_EIGVEC", "SYNTHETIC_SPLITS", "TRAIN_PRESETS", "DataError", "Source", "array_batches", "center_resize",
+           "PCA_EIGVEC", "SYNTHETIC_SPLITS", "TRAIN_PRESETS", "DataError", "Source", "array_batches", "backend",
+           "center_resize",
            "decode_files", "decode_images", "eval_batches", "eval_preprocess", "eval_view_shape", "eval_views",
            "folder_source", "get_source", "image_problem", "is_synthetic", "load_arrays", "normalize", "pixel_mean",
            "resize_shorter", "synthetic_source", "ten_crop_boxes", "tfds_source", "to_global", "train_batches",

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from resnet_jax.data.errors import DataError
+from resnet_jax.data.geometry import center_resize, ten_crop_boxes
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp")
 
@@ -78,12 +79,6 @@ def decode_files(paths: Sequence[str], image_size: int | None = None) -> np.ndar
     return np.stack(images) if images else np.zeros((0, image_size or 0, image_size or 0, 3), np.uint8)
 
 
-def center_resize(image_size: int, resize_size: int | None = None) -> int:
-    """The shorter side an image is resized to before its central ``image_size`` crop: ``resize_size`` where the
-    checkpoint states one, else 256/224 of the crop (Sec. 3.4: 256, then the central 224)."""
-    return resize_size or round(image_size * 256 / 224)
-
-
 def _bilinear_axis(image: np.ndarray, size: int, axis: int) -> np.ndarray:
     """Resize one axis to ``size`` by bilinear interpolation with half-pixel centres and no antialiasing
     (``tf.image.resize(..., "bilinear", antialias=False)``), in float32."""
@@ -108,8 +103,6 @@ def resize_bilinear(image: np.ndarray, height: int, width: int) -> np.ndarray:
 def eval_view(path: str, preset: str, image_size: int, resize_size: int | None = None) -> np.ndarray:
     """The ``center`` (S, S, 3) or ``10`` (10, S, S, 3) evaluation view of an image file, with PIL and numpy: the
     same geometry as ``preprocess.eval_preprocess``."""
-    from resnet_jax.data.preprocess import ten_crop_boxes
-
     image = _read_rgb(path)
     h, w = image.shape[:2]
     resize_size = center_resize(image_size, resize_size)

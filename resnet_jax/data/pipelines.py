@@ -9,10 +9,11 @@ from typing import Any
 
 import numpy as np
 
+from resnet_jax.data.backend import decode, has_tensorflow, tensorflow
 from resnet_jax.data.errors import DataError
 from resnet_jax.data.files import decode_files, eval_views
-from resnet_jax.data.preprocess import _decode, eval_preprocess, train_preprocess
-from resnet_jax.data.sources import Source, _tf, has_tensorflow
+from resnet_jax.data.preprocess import eval_preprocess, train_preprocess
+from resnet_jax.data.sources import Source
 
 
 def _local_batch(batch_size: int, process_count: int) -> int:
@@ -34,7 +35,7 @@ def train_batches(source: Source, batch_size: int, preset: str, image_size: int,
                   start_step: int = 0, process_index: int | None = None,
                   process_count: int | None = None) -> Iterator[dict[str, np.ndarray]]:
     """Endless training batches from ``start_step`` on; each epoch drops its last partial batch."""
-    tf = _tf()
+    tf = tensorflow()
     process_index, process_count = _processes(process_index, process_count)
     steps_per_epoch = source.num_examples // batch_size
     if steps_per_epoch == 0:
@@ -78,7 +79,7 @@ def eval_batches(source: Source, batch_size: int, preset: str, image_size: int, 
             raise DataError(f"{source.name} images are served as they are: no {preset!r} views")
         yield from array_batches(*source.arrays, batch_size, process_index, process_count)
         return
-    tf = _tf()
+    tf = tensorflow()
     n = source.num_examples
     pad = math.ceil(n / batch_size) * batch_size - n
     ds = source.epoch(0, 0, shuffle=False).map(lambda data, label: (data, label, tf.constant(True)))
@@ -142,8 +143,8 @@ def _chunks(source: Source, size: int = 4096) -> Iterator[tuple[np.ndarray, np.n
         for start in range(0, source.num_examples, size):
             yield decode_files(source.paths[start:start + size]), source.labels[start:start + size]
         return
-    tf = _tf()
-    ds = source.epoch(0, 0, shuffle=False).map(lambda d, y: (_decode(tf, d, accurate=True), y),
+    tf = tensorflow()
+    ds = source.epoch(0, 0, shuffle=False).map(lambda d, y: (decode(tf, d, accurate=True), y),
                                                num_parallel_calls=tf.data.AUTOTUNE)
     try:
         yield from ds.batch(size).as_numpy_iterator()

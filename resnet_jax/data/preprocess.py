@@ -7,9 +7,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from resnet_jax.data.backend import decode, has_tensorflow, resize, tensorflow, to_uint8
 from resnet_jax.data.errors import DataError
-from resnet_jax.data.files import center_resize, decode_files, eval_views
-from resnet_jax.data.sources import _tf, has_tensorflow
+from resnet_jax.data.files import decode_files, eval_views
+from resnet_jax.data.geometry import center_resize, ten_crop_boxes
 
 # ImageNet statistics in [0, 255] (per channel) and the PCA of its RGB pixels (AlexNet [21], Sec. 3.4).
 IMAGENET_MEAN = (123.675, 116.28, 103.53)
@@ -19,33 +20,6 @@ PCA_EIGVEC = ((-0.5675, 0.7192, 0.4009), (-0.5808, -0.0045, -0.8140), (-0.5836, 
 TRAIN_PRESETS = ("cifar", "imagenet", "inception")
 EVAL_PRESETS = ("cifar", "center", "10", "multiscale")
 MULTISCALE_SIZES = (224, 256, 384, 480, 640)
-
-
-def _decode(tf, data, accurate: bool, crop=None):
-    """Decode to uint8 RGB (grayscale, CMYK, palette images included), optionally only a crop window
-    [y, x, h, w]; JPEG crops decode fused."""
-    dct = "INTEGER_ACCURATE" if accurate else "INTEGER_FAST"
-
-    def jpeg():
-        if crop is None:
-            return tf.io.decode_jpeg(data, channels=3, dct_method=dct)
-        return tf.image.decode_and_crop_jpeg(data, crop, channels=3, dct_method=dct)
-
-    def other():
-        image = tf.io.decode_image(data, channels=3, expand_animations=False)
-        return image if crop is None else image[crop[0]:crop[0] + crop[2], crop[1]:crop[1] + crop[3]]
-
-    image = tf.cond(tf.io.is_jpeg(data), jpeg, other)
-    image.set_shape([None, None, 3])
-    return image
-
-
-def _to_uint8(tf, image):
-    return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
-
-
-def _resize(tf, image, size):
-    return _to_uint8(tf, tf.image.resize(image, size, method="bilinear", antialias=False))
 
 
 def _shape(tf, data):
@@ -64,10 +38,10 @@ def _flip(tf, image, seed):
 
 def train_preprocess(data, seed, preset: str, image_size: int):
     """One training example: ``cifar`` [4.2], ``imagenet`` [3.4] or ``inception`` (modern option)."""
-    tf = _tf()
+    tf = tensorflow()
     seeds = tf.random.experimental.stateless_split(seed, 5)
     if preset == "cifar":  # 4 zero pixels on each side, random crop, flip
-        image = _decode(tf, data, accurate=False)
+        image = decode(tf, data, accurate=False)
         image = tf.pad(image, [[4, 4], [4, 4], [0, 0]])
         image = tf.image.stateless_random_crop(image, [image_size, image_size, 3], seeds[0])
         return _flip(tf, image, seeds[1])
@@ -90,18 +64,12 @@ def train_preprocess(data, seed, preset: str, image_size: int):
         crop = tf.stack([begin[0], begin[1], size[0], size[1]])
     else:
         raise ValueError(f"unknown train preset {preset!r}; valid: {TRAIN_PRESETS}")
-    image = tf.image.resize(_decode(tf, data, accurate=False, crop=crop), [image_size, image_size])
+    image = tf.image.resize(decode(tf, data, accurate=False, crop=crop), [image_size, image_size])
     if preset == "imagenet":  # AlexNet PCA colour augmentation, alpha ~ N(0, 0.1)
         alpha = tf.random.stateless_normal([3], seeds[3], stddev=0.1)
         offset = tf.linalg.matvec(tf.constant(PCA_EIGVEC), alpha * tf.constant(PCA_EIGVAL)) * 255.0
         image = image + offset
-    return _flip(tf, _to_uint8(tf, image), seeds[4])
-
-
-def ten_crop_boxes(height: int, width: int, crop: int) -> list[tuple[int, int]]:
-    """Top-left corners of the standard 10-crop views' five crops: four corners, then the centre."""
-    return [(0, 0), (0, width - crop), (height - crop, 0), (height - crop, width - crop),
-            ((height - crop) // 2, (width - crop) // 2)]
+    return _flip(tf, to_uint8(tf, image), seeds[4])
 
 
 def eval_preprocess(data, preset: str, image_size: int, resize_size: int | None = None):
@@ -111,17 +79,17 @@ def eval_preprocess(data, preset: str, image_size: int, resize_size: int | None 
     ``center``: shorter side ``resize_size`` (256), central ``image_size`` (224).
     ``10``: four corners and centre of the resized image, and their horizontal flips -> (10, S, S, 3).
     """
-    tf = _tf()
+    tf = tensorflow()
     if preset == "cifar":
-        return tf.image.resize_with_crop_or_pad(_decode(tf, data, accurate=True), image_size, image_size)
+        return tf.image.resize_with_crop_or_pad(decode(tf, data, accurate=True), image_size, image_size)
     resize_size = center_resize(image_size, resize_size)
     if preset == "center":  # crop first, resize the window: the same pixels as resize-then-crop, faster
         h, w = _shape(tf, data)
         side = tf.cast(tf.round(tf.cast(tf.minimum(h, w), tf.float32) * image_size / resize_size), tf.int32)
         crop = tf.stack([(h - side) // 2, (w - side) // 2, side, side])
-        return _resize(tf, _decode(tf, data, accurate=True, crop=crop), [image_size, image_size])
+        return resize(tf, decode(tf, data, accurate=True, crop=crop), [image_size, image_size])
     if preset == "10":
-        image = resize_shorter(tf, _decode(tf, data, accurate=True), resize_size)
+        image = resize_shorter(tf, decode(tf, data, accurate=True), resize_size)
         h, w = tf.shape(image)[0], tf.shape(image)[1]
         crops = [image[y:y + image_size, x:x + image_size] for y, x in ten_crop_boxes(h, w, image_size)]
         crops = tf.stack(crops)
@@ -135,7 +103,7 @@ def resize_shorter(tf, image, size: int):
     scale = size / tf.cast(tf.minimum(h, w), tf.float32)
     new = [tf.cast(tf.round(tf.cast(h, tf.float32) * scale), tf.int32),
            tf.cast(tf.round(tf.cast(w, tf.float32) * scale), tf.int32)]
-    return _resize(tf, image, tf.maximum(new, size))
+    return resize(tf, image, tf.maximum(new, size))
 
 
 def decode_images(files: Sequence[str], preset: str, image_size: int, resize_size: int | None = None) -> np.ndarray:
@@ -145,7 +113,7 @@ def decode_images(files: Sequence[str], preset: str, image_size: int, resize_siz
         return decode_files(files, image_size)
     if not has_tensorflow():
         return eval_views(files, preset, image_size, resize_size)
-    tf = _tf()
+    tf = tensorflow()
     out = []
     for path in files:
         try:

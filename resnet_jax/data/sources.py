@@ -12,24 +12,11 @@ from typing import Any
 import numpy as np
 
 from resnet_jax import quiet
+from resnet_jax.data.backend import tensorflow
 from resnet_jax.data.errors import DataError
 from resnet_jax.data.files import IMAGE_EXTENSIONS, image_problem
 
 log = logging.getLogger(__name__)
-
-
-def _tf():
-    import tensorflow as tf  # lazily: only the pipelines need TensorFlow
-
-    tf.config.set_visible_devices([], "GPU")  # keep TF off the accelerator JAX uses
-    return tf
-
-
-def has_tensorflow() -> bool:
-    """Whether TensorFlow can be imported (without importing it)."""
-    import importlib.util
-
-    return importlib.util.find_spec("tensorflow") is not None
 
 
 @dataclasses.dataclass
@@ -48,7 +35,7 @@ class Source:
 
     def epoch(self, seed: int, epoch: int, shuffle: bool) -> Any:
         """tf.data of (encoded bytes, label) in this epoch's order (a pure function of seed and epoch)."""
-        tf = _tf()
+        tf = tensorflow()
         if self.paths is not None:
             order = (np.random.default_rng([seed, epoch]).permutation(self.num_examples) if shuffle
                      else np.arange(self.num_examples))

@@ -11,6 +11,7 @@
 - ``loop``: ``train_and_evaluate``, the loop itself.
 """
 
+from resnet_jax.mesh import AXIS, make_mesh
 from resnet_jax.training.errors import ConfigError, Preempted
 from resnet_jax.training.init import load_init_from, merge_variables
 from resnet_jax.training.lock import WorkdirLock, WorkdirLocked
@@ -27,10 +28,8 @@ from resnet_jax.training.periodic import (
 from resnet_jax.training.recipe import frozen_parts, learning_rate_schedule, make_optimizer, model_options
 from resnet_jax.training.run import Run, prepare
 from resnet_jax.training.step import (
-    AXIS,
     TrainState,
     create_train_state,
-    make_mesh,
     make_train_loop,
     make_train_step,
     stack_batches,

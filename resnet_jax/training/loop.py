@@ -15,6 +15,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from resnet_jax import checkpoint, data, evaluation
+from resnet_jax.mesh import make_mesh
 from resnet_jax.training.errors import ConfigError
 from resnet_jax.training.failures import data_failure
 from resnet_jax.training.init import merge_variables
@@ -33,7 +34,6 @@ from resnet_jax.training.run import Run, prepare, train_iterator
 from resnet_jax.training.step import (
     TrainState,
     create_train_state,
-    make_mesh,
     make_train_loop,
     make_train_step,
     stack_batches,

@@ -13,11 +13,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from resnet_jax import checkpoint, class_names, conv, data, models
+from resnet_jax.mesh import AXIS
 from resnet_jax.training.errors import ConfigError
 from resnet_jax.training.init import load_init_from
 from resnet_jax.training.periodic import profile_steps
 from resnet_jax.training.recipe import frozen_parts, model_options
-from resnet_jax.training.step import AXIS
 
 if TYPE_CHECKING:
     import ml_collections

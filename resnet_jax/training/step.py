@@ -19,11 +19,10 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from resnet_jax import data, models
+from resnet_jax.mesh import AXIS
 
 if TYPE_CHECKING:
     from resnet_jax.training.on_device import OnDeviceData
-
-AXIS = "data"
 
 
 @flax.struct.dataclass
@@ -36,11 +35,6 @@ class TrainState:
     @property
     def variables(self) -> dict:
         return {"params": self.params, "batch_stats": self.batch_stats}
-
-
-def make_mesh() -> jax.sharding.Mesh:
-    """A 1-D ``data`` mesh over every device of every process (sharding propagated automatically)."""
-    return jax.make_mesh((jax.device_count(),), (AXIS,), axis_types=(jax.sharding.AxisType.Auto,))
 
 
 def create_train_state(model: models.ResNet, tx: optax.GradientTransformation, image_size: int, seed: int,

@@ -1,0 +1,3 @@
+from resnet_jax.reproduce import main
+
+main()
