@@ -3,13 +3,16 @@
     python -m resnet_jax.convert --from=torch --input=resnet20.th --workdir=out/
     python -m resnet_jax.convert --from=torch --input=hf:microsoft/resnet-50 --workdir=r50/
     python -m resnet_jax.convert --to=torch --workdir=out/ --output=resnet20.pt
+    python -m resnet_jax.convert --to=transformers --workdir=runs/r50 --output=r50-hf/   # or --to=timm
 
 ``--input``: a .safetensors file (no PyTorch needed), a PyTorch .pth/.th file, a saved model folder
 (model.safetensors with its config.json and preprocessor_config.json, as transformers' ``save_pretrained`` writes
 it) or ``hf:<repo>[@revision]``. The layout (torchvision/timm, the CIFAR option-A nets, transformers), the
 architecture and the class count are read from the weights; ``--model``, when given, must agree. A
 ``state_dict`` wrapper and a ``module.`` (DataParallel) prefix are accepted. PyTorch files are read with
-``torch.load(weights_only=True)``: no pickled code runs. ``resnet_jax.weights`` is the library behind this CLI.
+``torch.load(weights_only=True)``: no pickled code runs. ``--to=transformers|timm`` writes a folder those
+libraries load (``Classifier.save_pretrained``; no PyTorch needed), refusing in one line what the layout cannot
+express. ``resnet_jax.weights`` is the library behind this CLI.
 """
 
 from __future__ import annotations
@@ -45,14 +48,16 @@ def import_torch(model_name: str | None, input_path: str, workdir: str, class_na
 def main(argv: Sequence[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--from", dest="source", choices=["torch"], help="import from this framework")
-    p.add_argument("--to", dest="target", choices=["torch"], help="export a checkpoint to this framework")
+    p.add_argument("--to", dest="target", choices=["torch", "transformers", "timm"],
+                   help="export a checkpoint: a PyTorch state dict (torch) or a folder that transformers or timm "
+                        "loads")
     p.add_argument("--model", help="a name from resnet_jax.list_models() that the weights must hold (default: "
                                    "read from the weights)")
     p.add_argument("--input", help="the weights to import: .safetensors (no PyTorch needed), .pth/.th, a saved "
                                    "model folder, or hf:<repo>[@revision] on the Hugging Face hub (e.g. "
                                    "hf:microsoft/resnet-50, hf:timm/resnet50.tv_in1k)")
     p.add_argument("--workdir", required=True, help="where the checkpoint is written (import) or read (export)")
-    p.add_argument("--output", help="the PyTorch file to write (export)")
+    p.add_argument("--output", help="the PyTorch file (--to=torch) or the folder (--to=transformers|timm) to write")
     p.add_argument("--step", default="latest")
     p.add_argument("--class_names", help="a text file with one class name per line")
     p.add_argument("--mean", type=float, nargs=3, help="input mean on [0, 1] RGB (default: ImageNet's)")
@@ -76,8 +81,15 @@ def main(argv: Sequence[str] | None = None) -> None:
                 p.error("--to=torch needs --output")
             state = export_torch(args.workdir, args.output, args.step)
             print(f"wrote {len(state)} tensors to {args.output}")
+        elif args.target in ("transformers", "timm"):
+            if not args.output:
+                p.error(f"--to={args.target} needs --output (a folder)")
+            from resnet_jax.evaluation import Classifier
+
+            written = Classifier.from_checkpoint(args.workdir, args.step).save_pretrained(args.output, args.target)
+            print(f"wrote {', '.join(written)} to {args.output} ({args.target} layout)")
         else:
-            p.error("pass --from=torch (import) or --to=torch (export)")
+            p.error("pass --from=torch (import) or --to=torch|transformers|timm (export)")
     except (ConversionError, checkpoint.CheckpointError, data.DataError) as e:
         sys.exit(f"error: {e}")
 

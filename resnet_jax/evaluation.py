@@ -121,6 +121,31 @@ def evaluate_views(clf: Classifier, source: data.Source, modes: Iterable[str], b
     return results
 
 
+def logged_evaluation(workdir: str | None, step: int | None) -> dict:
+    """A run's own evaluation of ``step``: the center/10-crop errors of ``evaluation.json`` (the studies write it)
+    or else the validation errors logged in ``metrics.jsonl`` at that step; empty where there are none."""
+    import json
+    import os
+
+    if not workdir:
+        return {}
+    path = os.path.join(workdir, "evaluation.json")
+    if os.path.exists(path):
+        with open(path) as f:
+            kept = json.load(f)
+        if kept.get("step") == step:
+            return {k: v for k, v in kept.items() if isinstance(v, dict)}
+    path = os.path.join(workdir, "metrics.jsonl")
+    if not os.path.exists(path):
+        return {}
+    with open(path) as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    row = next((r for r in reversed(rows) if r.get("step") == step and "eval_top1_error" in r), None)
+    return {} if row is None else {"validation": {"view": "validation, as logged in training",
+                                                  "top1_error": row["eval_top1_error"],
+                                                  "top5_error": row["eval_top5_error"]}}
+
+
 # ------------------------------------------------------------------------------------------- multi-scale
 
 
@@ -173,8 +198,9 @@ def evaluate_multiscale(model: Any, variables: Any, source: data.Source, mean: A
 class Classifier:
     """Inference on a saved run: ``Classifier.from_checkpoint("runs/r20", step="best")``."""
 
-    def __init__(self, model: Any, variables: Any, info: dict):
+    def __init__(self, model: Any, variables: Any, info: dict, workdir: str | None = None):
         self.model, self.variables, self.info = model, variables, info
+        self.workdir = workdir  # the run it was read from, if any (its logged evaluation goes into model cards)
         pre = info["preprocessing"]
         self.image_size = pre["image_size"]
         self.resize_size = pre.get("resize_size")  # the shorter side before the central crop (default 256/224 of it)
@@ -192,7 +218,7 @@ class Classifier:
     def from_checkpoint(cls, workdir: str, step: int | str = "latest") -> Classifier:
         from resnet_jax import checkpoint
 
-        return cls(*checkpoint.load_checkpoint(workdir, step))
+        return cls(*checkpoint.load_checkpoint(workdir, step), workdir=workdir)
 
     @classmethod
     def from_pretrained(cls, source: str, step: int | str = "latest") -> Classifier:
@@ -239,6 +265,16 @@ class Classifier:
         """Every 3x3 layer's response to images (as ``predict`` takes them): its output after BN, before the ReLU
         or the shortcut addition (Sec. 4.2, Figure 7), input to output (``resnet_jax.responses``)."""
         return {k: np.asarray(v) for k, v in self._responses(self.variables, self.preprocess(images)).items()}
+
+    def save_pretrained(self, folder: str, layout: str = "transformers") -> list[str]:
+        """Write the network as a folder that ``transformers.ResNetForImageClassification.from_pretrained(folder)``
+        (``layout="transformers"``) or timm (``layout="timm"``) loads: ``model.safetensors``, the library's configs
+        (classes, preprocessing) and a model card. A network the layout cannot express is refused in one line
+        (``weights.ConversionError``) and nothing is written. ``from_pretrained(folder)`` reads it back."""
+        from resnet_jax import weights
+
+        info = dict(self.info, evaluation=logged_evaluation(self.workdir, self.info.get("step")))
+        return weights.save_pretrained(self.model, self.variables, info, folder, layout)
 
     def top_k(self, images: Any, k: int = 5, ids: bool = False) -> tuple[list[list[str]], np.ndarray]:
         """The k most probable class names (or, with ``ids``, the dataset's class ids such as wnids) and their

@@ -24,6 +24,18 @@ def test_packaged_configs_resolve_and_paths_pass_through(tmp_path):
     assert configs.resolve_flag(["--config=tiny_imagenet"])[0].endswith("configs/tiny_imagenet.py")
 
 
+def test_a_folder_named_like_a_config_does_not_shadow_it(tmp_path, monkeypatch):
+    """A data set kept as ``cifar10/`` (or a stray file ``imagenet``) beside the command: the packaged name still
+    means the packaged config; a config file is named by its ``.py`` path."""
+    (tmp_path / "cifar10" / "train").mkdir(parents=True)
+    (tmp_path / "imagenet").write_text("not a config")
+    (tmp_path / "mine.py").write_text("")
+    monkeypatch.chdir(tmp_path)
+    assert configs.resolve("cifar10:cifar_resnet20").endswith("resnet_jax/configs/cifar10.py:cifar_resnet20")
+    assert configs.resolve("imagenet").endswith("resnet_jax/configs/imagenet.py")
+    assert configs.resolve("mine.py:cifar_resnet20") == "mine.py:cifar_resnet20"
+
+
 @pytest.mark.slow
 def test_the_wheel_in_a_fresh_venv_trains_evaluates_converts_and_exports(tmp_path):
     dist = tmp_path / "dist"
@@ -39,7 +51,7 @@ def test_the_wheel_in_a_fresh_venv_trains_evaluates_converts_and_exports(tmp_pat
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     env["PATH"] = f"{bin_dir}{os.pathsep}{env['PATH']}"
     work = tmp_path / "elsewhere"  # outside the checkout: nothing can come from it
-    work.mkdir()
+    (work / "cifar10").mkdir(parents=True)  # a data set named like the config: it must not shadow the config
 
     def run(*cmd):
         done = subprocess.run(list(cmd), cwd=work, env=env, capture_output=True, text=True, timeout=600)

@@ -50,9 +50,16 @@ def network(model: str) -> tuple[str, str]:
     return name, option or "A"
 
 
-def recipe(config) -> dict:
-    """The parts of a config that decide what a run learns, in JSON's terms (tuples as lists)."""
-    return json.loads(json.dumps({k: config.get(k) for k in RECIPE}))
+def recipe(config: dict) -> dict:
+    """The parts of a config that decide what a run learns, in JSON's terms (tuples as lists); a folder data set
+    as the class folders it holds (two studies' class subsets are links to the same folders)."""
+    out = json.loads(json.dumps({k: config.get(k) for k in RECIPE}))
+    if str(out["dataset"]).startswith("folder:"):
+        root = out["dataset"].split(":", 1)[1]
+        out["dataset"] = {split: sorted(os.path.realpath(os.path.join(root, split, c))
+                                        for c in os.listdir(os.path.join(root, split)))
+                          for split in sorted(os.listdir(root)) if os.path.isdir(os.path.join(root, split))}
+    return out
 
 
 def stored_recipe(run_dir: str) -> dict | None:
@@ -67,7 +74,7 @@ def stored_recipe(run_dir: str) -> dict | None:
         config = checkpoint.read_meta(mngr, step)["config"]
     finally:
         mngr.close()
-    return {k: config.get(k) for k in RECIPE} if step >= config["num_train_steps"] else None
+    return recipe(config) if step >= config["num_train_steps"] else None
 
 
 def reused_dir(imagenet_workdir: str | None, model: str, seed: int, config) -> str | None:
@@ -80,9 +87,10 @@ def reused_dir(imagenet_workdir: str | None, model: str, seed: int, config) -> s
     theirs = stored_recipe(path)
     if theirs is None:
         return None
-    differs = [k for k, v in recipe(config).items() if theirs.get(k) != v]
+    differs = [k for k, v in recipe(config.to_dict()).items() if theirs.get(k) != v]
     if differs:
-        print(f"not reusing {path}: its {', '.join(differs)} differ from this study's")
+        print(f"not reusing {path}: its {', '.join(differs)} {'differs' if len(differs) == 1 else 'differ'} from "
+              f"this study's")
         return None
     return path
 

@@ -11,6 +11,7 @@ import numpy as np
 from resnet_jax import checkpoint, models, quiet
 from resnet_jax.class_names import imagenet_class_names, imagenet_names
 from resnet_jax.weights import files as files_lib
+from resnet_jax.weights.exporter import unsupported
 from resnet_jax.weights.layouts import (
     ConversionError,
     clean_state_dict,
@@ -24,15 +25,19 @@ CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog
 TORCH_MEAN, TORCH_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # on [0, 1] inputs
 
 
-def _class_names(layout: str, num_classes: int, hf_config: dict | None) -> tuple[list[str], list[str] | None]:
-    """Names (and dataset ids, for ILSVRC's wnids) of a classifier's outputs."""
+def _class_names(layout: str, num_classes: int, config: dict | None) -> tuple[list[str], list[str] | None]:
+    """Names (and dataset ids, for ILSVRC's wnids) of a classifier's outputs, from ``config`` (transformers'
+    ``id2label``, timm's ``label_names``) where it names them all."""
     if layout == "cifar" and num_classes == 10:
         return CIFAR10_CLASSES, None
     if layout != "cifar" and num_classes == 1000:  # the ILSVRC-2012 classes, in their usual (sorted wnid) order
         return imagenet_class_names(), sorted(imagenet_names())
-    labels = (hf_config or {}).get("id2label") or {}
+    labels = (config or {}).get("id2label") or {}
     if len(labels) == num_classes:
         return [str(labels.get(str(i), labels.get(i, i))) for i in range(num_classes)], None
+    listed = (config or {}).get("label_names") or []
+    if len(listed) == num_classes:
+        return [str(n) for n in listed], None
     return [str(i) for i in range(num_classes)], None
 
 
@@ -55,7 +60,7 @@ def import_weights(source: str, workdir: str, model_name: str | None = None,
             raise ConversionError(f"{source} holds a {held} ({layout} layout), not a {model_name}; leave out "
                                   f"--model to convert what it holds")
     num_classes = arch["num_classes"] or len((hf_config or {}).get("id2label") or {}) or 1000
-    names, ids = _class_names(layout, num_classes, hf_config)
+    names, ids = _class_names(layout, num_classes, found.config)
     if class_names is not None:
         if len(class_names) != num_classes:
             raise ConversionError(f"{len(class_names)} class names given for a {num_classes}-class classifier")
@@ -99,6 +104,9 @@ def export_torch(workdir: str, output: str, step: int | str = "latest",
     if model.scan:
         variables = models.convert_layout(variables, scan=False)
     layout = layout or info.get("source", {}).get("layout") or layout_of(info["model"])
+    why = unsupported(model, layout) if layout == "torchvision" else None
+    if why:  # it would load with strict=True and compute another function, or not load at all
+        raise ConversionError(f"cannot write {info['model']} in the torchvision layout: {why}")
     state = torch_state_from_variables(variables, layout)
     torch.save({k: torch.from_numpy(v.copy()) for k, v in state.items()}, output)
     return state
