@@ -16,6 +16,28 @@ log = logging.getLogger(__name__)
 PLOT_EVERY_SECONDS = 30  # redraw curves.png at most this often (and once at the end): drawing takes ~0.5 s
 
 
+def keep_rows_through(path: str, step: int) -> None:
+    """Before a run resumes from ``step``: drop the rows a stopped run logged after its last complete checkpoint
+    (the resumed run logs those steps again, so each step is logged once) and a last line cut short by a kill.
+    Rewritten whole (a temporary file, then a rename), so the file is never half-written."""
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        lines = f.read().splitlines(keepends=True)
+    kept = []
+    for line in lines:
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if line.endswith("\n") and row.get("step", 0) <= step:
+            kept.append(line)
+    if kept != lines:
+        with open(path + ".tmp", "w") as f:
+            f.writelines(kept)
+        os.replace(path + ".tmp", path)
+
+
 class RunLogger:
     def __init__(self, workdir: str, total_steps: int, start_step: int, batch_size: int, steps_per_epoch: int):
         self.workdir, self.batch_size, self.steps_per_epoch = workdir, batch_size, steps_per_epoch
@@ -24,6 +46,7 @@ class RunLogger:
         self.bar = self.writer = None
         self.unplotted, self.last_plot = False, -float("inf")
         if self.main:
+            keep_rows_through(os.path.join(workdir, "metrics.jsonl"), start_step)
             from tqdm import tqdm
 
             self.bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True,

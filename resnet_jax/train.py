@@ -54,9 +54,10 @@ def main(argv):
     except checkpoint.WriteFailed as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(e.exit_code)
-    except training.Preempted as e:
-        print(e)
-        sys.exit(e.exit_code)
+    except training.Preempted as e:  # the run is saved and its files closed: end without the interpreter's
+        print(e, flush=True)          # shutdown, whose teardown beside XLA's and TensorFlow's threads can crash
+        sys.stderr.flush()
+        os._exit(e.exit_code)
     except Exception as e:
         if jax.process_count() > 1 and lost_process(e):
             # JAX's shutdown would wait on the lost process, then abort with pages of native stack traces

@@ -115,17 +115,10 @@ def test_responses_study_reuses_degradation_runs_trains_the_rest_and_writes_figu
     are trained with the same recipe, each net's layer stds are measured on the test split, and the figure, the
     table and both claims are written; a rerun measures nothing again."""
     from resnet_jax import reproduce
-    from tests.test_train import make_folder
+    from tests.test_train import make_folder, tiny_cifar_studies
 
     root = make_folder(tmp_path / "data")
-    real = reproduce.degradation.degradation_config
-
-    def small(model, args):  # the study's recipe, on tiny 16x16 images
-        c = real(model, args)
-        c.update(dict(image_size=16, batch_size=8, eval_batch_size=8, log_every_steps=1))
-        return c
-
-    monkeypatch.setattr(reproduce.degradation, "degradation_config", small)
+    tiny_cifar_studies(monkeypatch)
     workdir = tmp_path / "runs"
     common = [f"--dataset=folder:{root}", "--steps=4", f"--workdir={workdir}"]
     reproduce.main(["degradation", *common, "--models=cifar_resnet20"])

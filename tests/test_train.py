@@ -246,6 +246,52 @@ def test_kill_9_and_resume_is_bitwise_identical(tiny, tmp_path, reference_run):
     jax.tree.map(np.testing.assert_array_equal, final_params(workdir), reference_run)
 
 
+STOPS = 8
+
+
+@pytest.mark.slow
+def test_stops_at_random_moments_end_as_stops_and_lose_nothing(tiny, tmp_path, reference_run):
+    """SIGTERM or kill -9 at random moments (start-up, compile, training, evaluation, an asynchronous save), and a
+    rerun after each: every SIGTERM exits 143 without a traceback or a fatal error, the finished run's variables
+    are bitwise those of the run left alone, and metrics.jsonl holds each logged step once."""
+    import random
+
+    workdir = tmp_path / "stopped"
+    cmd, env = cli(workdir, tiny, 16, "--config.checkpoint_every_steps=2", "--config.eval_every_steps=8")
+    rng = random.Random(0)
+    for i in range(STOPS):
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(rng.uniform(0.3, 12.0))  # imports take ~5 s; then data, compile, 16 steps, evaluations, saves
+        sig = rng.choice([signal.SIGTERM, signal.SIGKILL])
+        proc.send_signal(sig)
+        out, err = proc.communicate(timeout=300)
+        if proc.returncode == 0:
+            continue  # it had finished: the next start trains nothing and the stops hit its start-up
+        expected = 143 if sig == signal.SIGTERM else -signal.SIGKILL
+        assert proc.returncode == expected, f"stop {i} ({sig.name}): exit {proc.returncode}\n{err[-3000:]}"
+        if sig == signal.SIGTERM:
+            assert "Traceback" not in err + out and "Fatal" not in err + out, f"stop {i}:\n{err[-3000:]}"
+            assert out.strip().splitlines()[-1].startswith("received SIGTERM"), out[-1000:]
+    subprocess.run(cmd, env=env, check=True, capture_output=True, timeout=300)
+    jax.tree.map(np.testing.assert_array_equal, final_params(workdir), reference_run)
+    rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "train_loss" in r] == list(range(2, 17, 2))
+    assert [r["step"] for r in rows if "eval_top1_error" in r] == [8, 16]
+
+
+def test_a_resumed_run_forgets_the_rows_logged_after_its_checkpoint(tmp_path):
+    """kill -9 between a log row and the next checkpoint: the rerun from that checkpoint replaces the rows after
+    it instead of repeating them; a line cut short by the kill goes too."""
+    from resnet_jax import logger
+
+    path = tmp_path / "metrics.jsonl"
+    path.write_text("".join(json.dumps({"step": s, "train_loss": 1.0}) + "\n" for s in (2, 4, 6)) + '{"step": 8, "tr')
+    logger.keep_rows_through(str(path), 4)
+    assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == [2, 4]
+    logger.keep_rows_through(str(path), 4)  # nothing to drop: untouched
+    assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == [2, 4]
+
+
 @pytest.mark.slow
 def test_steps_per_loop_trains_bitwise_like_single_steps(tiny, tmp_path, reference_run):
     workdir = tmp_path / "looped"  # 4 steps per call; logs every 4 steps, checkpoints every 8
@@ -447,18 +493,25 @@ def test_cifar_folders_train_and_evaluate_without_tensorflow(tiny, tmp_path):
     assert done.returncode == 0 and str(image) in done.stdout, done.stderr[-3000:]
 
 
-@pytest.mark.slow
-def test_degradation_study_trains_resumes_and_reports(tiny, tmp_path, monkeypatch):
+def tiny_cifar_studies(monkeypatch):
+    """The CIFAR studies (degradation, responses) with their recipe, on tiny 16x16 images."""
     from resnet_jax import reproduce
 
     real = reproduce.degradation.degradation_config
 
-    def small(model, args):  # the study's recipe, on tiny 16x16 images
+    def small(model, args):
         c = real(model, args)
         c.update(dict(image_size=16, batch_size=8, eval_batch_size=8, log_every_steps=1))
         return c
 
     monkeypatch.setattr(reproduce.degradation, "degradation_config", small)
+
+
+@pytest.mark.slow
+def test_degradation_study_trains_resumes_and_reports(tiny, tmp_path, monkeypatch):
+    from resnet_jax import reproduce
+
+    tiny_cifar_studies(monkeypatch)
     args = ["degradation", f"--dataset=folder:{tiny}", "--steps=4", f"--workdir={tmp_path}",
             "--models=cifar_plain20,cifar_resnet20"]
     reproduce.main(args)

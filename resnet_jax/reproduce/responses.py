@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import os
 import statistics
 
@@ -26,27 +25,18 @@ def layer_stds(run_dir: str, split: str, batch_size: int) -> dict:
     kept in ``<run>/responses-<split>.json`` for that step."""
     from tqdm import tqdm
 
-    from resnet_jax import checkpoint, data, evaluation, responses
+    from resnet_jax import data, responses
 
-    path = os.path.join(run_dir, f"responses-{split}.json")
-    step = runner.trained_steps(run_dir)
-    if os.path.exists(path):
-        with open(path) as f:
-            kept = json.load(f)
-        if kept.get("step") == step:
-            return kept
-    clf = evaluation.Classifier(*checkpoint.load_checkpoint(run_dir, step))
-    ds = clf.info["dataset"]
-    source = data.get_source(ds["dataset"], split, ds.get("data_dir"), image_size=clf.image_size)
-    batches = data.eval_batches(source, batch_size, clf.preset, clf.image_size, clf.resize_size,
-                                process_index=0, process_count=1)
-    with tqdm(total=source.num_examples, desc=f"responses {os.path.basename(run_dir)}", unit="img") as bar:
-        layers = responses.response_std(clf.model, clf.variables, batches, clf.mean, clf.std, progress=bar)
-    kept = {"step": step, "split": split, "num_examples": source.num_examples, "layers": layers}
-    with open(path + ".tmp", "w") as f:
-        json.dump(kept, f, indent=1)
-    os.replace(path + ".tmp", path)
-    return kept
+    def measure(clf) -> dict:
+        ds = clf.info["dataset"]
+        source = data.get_source(ds["dataset"], split, ds.get("data_dir"), image_size=clf.image_size)
+        batches = data.eval_batches(source, batch_size, clf.preset, clf.image_size, clf.resize_size,
+                                    process_index=0, process_count=1)
+        with tqdm(total=source.num_examples, desc=f"responses {os.path.basename(run_dir)}", unit="img") as bar:
+            layers = responses.response_std(clf.model, clf.variables, batches, clf.mean, clf.std, progress=bar)
+        return {"split": split, "num_examples": source.num_examples, "layers": layers}
+
+    return runner.per_checkpoint(run_dir, f"responses-{split}.json", measure)
 
 
 def summary(stds: list[float]) -> dict:

@@ -68,25 +68,36 @@ def train_all(configs: Mapping[str, object], desc: str) -> float:
     return time.time() - start
 
 
-def evaluate_run(run_dir: str, batch_size: int) -> dict:
-    """Center-crop and 10-crop top-1/top-5 validation error of a run's last checkpoint, as ``evaluate.py
-    --crops=center`` and ``--crops=10`` report them; kept in ``<run>/evaluation.json`` for that step."""
-    from resnet_jax import checkpoint, data, evaluation
+def per_checkpoint(run_dir: str, name: str, measure: Callable) -> dict:
+    """``measure(classifier)`` (a dict) of a run's last checkpoint, kept in ``<run>/<name>`` for that step, so a
+    rerun reads it back instead of measuring again."""
+    from resnet_jax import checkpoint, evaluation
 
-    path = os.path.join(run_dir, "evaluation.json")
+    path = os.path.join(run_dir, name)
     step = trained_steps(run_dir)
     if os.path.exists(path):
         with open(path) as f:
             kept = json.load(f)
         if kept.get("step") == step:
             return kept
-    clf = evaluation.Classifier(*checkpoint.load_checkpoint(run_dir, step))
-    ds, pre = clf.info["dataset"], clf.info["preprocessing"]
-    source = data.get_source(ds["dataset"], ds["eval_split"], ds.get("data_dir"), image_size=pre["image_size"])
-    results = evaluation.evaluate_views(clf, source, ["center", "10"], batch_size)
-    kept = {"step": step, **{r["crops"]: r for r in results}}
-    write_text(path, json.dumps(kept, indent=1))
+    kept = {"step": step, **measure(evaluation.Classifier(*checkpoint.load_checkpoint(run_dir, step)))}
+    with open(path + ".tmp", "w") as f:
+        json.dump(kept, f, indent=1)
+    os.replace(path + ".tmp", path)
     return kept
+
+
+def evaluate_run(run_dir: str, batch_size: int) -> dict:
+    """Center-crop and 10-crop top-1/top-5 validation error of a run's last checkpoint, as ``evaluate.py
+    --crops=center`` and ``--crops=10`` report them; kept in ``<run>/evaluation.json`` for that step."""
+    from resnet_jax import data, evaluation
+
+    def measure(clf) -> dict:
+        ds, pre = clf.info["dataset"], clf.info["preprocessing"]
+        source = data.get_source(ds["dataset"], ds["eval_split"], ds.get("data_dir"), image_size=pre["image_size"])
+        return {r["crops"]: r for r in evaluation.evaluate_views(clf, source, ["center", "10"], batch_size)}
+
+    return per_checkpoint(run_dir, "evaluation.json", measure)
 
 
 def final_errors(run_dir: str, steps: int, window: int = 250) -> dict:

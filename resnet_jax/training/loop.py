@@ -213,6 +213,7 @@ class Loop:
             for n in self.triggers.loop_lengths(start, self.steps.steps_per_loop):
                 self.profiler.before_call(step)
                 batch = self.steps.batch(source, n, step, functools.partial(self.saver.save, state), self.mngr)
+                self.stop.startup_point()  # before the first call compiles (a no-op once training)
                 state, step_metrics = self.steps.call(state, batch, n)
                 step += n
                 self.metrics.add(step, n, step_metrics)
@@ -264,13 +265,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
             stop.cleanup.append(lock.release)
         out = None
         try:
+            stop.startup_point()
             mesh = make_mesh()
             schedule = learning_rate_schedule(config, run.steps_per_epoch)
             tx = make_optimizer(config, schedule, run.model.frozen)
             state, start = initial_state(run, mngr, tx, mesh)
+            stop.startup_point()
             out = logger.RunLogger(workdir, config.num_train_steps, start, config.batch_size, run.steps_per_epoch)
-            loop = Loop(run, mngr, out, stop, Steps.build(run, tx, schedule, mesh), Evaluator(run, mesh, stop.check),
-                        on_step)
+            steps = Steps.build(run, tx, schedule, mesh)
+            stop.startup_point()
+            loop = Loop(run, mngr, out, stop, steps, Evaluator(run, mesh, stop.check), on_step)
             return loop.train(state, start)
         except OSError as e:  # the logs on a full disk (checkpoints raise WriteFailed themselves)
             failure = checkpoint.write_failure(mngr, e, what=f"writing the logs in {workdir}")

@@ -93,14 +93,16 @@ class EvaluationAbandoned(Exception):
 
 
 class StopSignals:
-    """SIGTERM and SIGINT over a whole run, acted on within a bounded time wherever the run is:
+    """SIGTERM and SIGINT over a whole run, acted on within a bounded time wherever the run is. The handler only
+    records the signal: an exception raised from a handler lands in whatever code runs then (a library's callback,
+    a garbage-collection hook) and can be swallowed there. The run acts on it at safe points:
 
     - before the first train call has finished (reading the data, restoring, compiling), nothing new would be
-      lost: the run exits at once, by raising Preempted from Python code or, inside a long native call such as
-      XLA's compile, through a watcher thread woken by the signal (``signal.set_wakeup_fd``) that ends the process
+      lost: the start-up's steps call ``startup_point`` between them, which raises Preempted; inside a long native
+      call such as XLA's compile, a watcher thread woken by the signal (``signal.set_wakeup_fd``) ends the process
       after ``GRACE_SECONDS``;
-    - while training, a signal is noted and acted on at the end of the train call (save, then exit), and an
-      evaluation in progress is abandoned (``check`` between its batches); a save in progress completes first.
+    - while training, the signal is acted on at the end of the train call (save, then exit), and an evaluation in
+      progress is abandoned (``check`` between its batches); a save in progress completes first.
     """
 
     def __init__(self, cleanup: list | None = None):
@@ -121,10 +123,13 @@ class StopSignals:
 
     def _note(self, signum: int, _frame: Any) -> None:
         self.signum = signum
-        if not self.training and not self.exiting:
+
+    def startup_point(self) -> None:
+        """Between the steps of the start-up: a stop signal received so far ends the run (nothing new to save)."""
+        if self.signum and not self.training:
             self.exiting = True
-            raise Preempted(f"received {signal.Signals(signum).name} before training started: nothing new to save, "
-                            f"exiting", signum)
+            raise Preempted(f"received {signal.Signals(self.signum).name} before training started: nothing new to "
+                            f"save, exiting", self.signum)
 
     def _watch(self, read: int) -> None:
         with os.fdopen(read, "rb", buffering=0) as pipe:
