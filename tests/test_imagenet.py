@@ -247,6 +247,6 @@ def shortcuts_args(tmp_path, **flags):
 def test_a_study_on_a_missing_folder_says_so_in_one_line(tmp_path):
     from resnet_jax import reproduce
 
-    with pytest.raises(SystemExit, match="error: image folder .* has no split 'train'"):
+    with pytest.raises(SystemExit, match=r"error: image folder .* has no split 'train'"):
         reproduce.main(["degradation", f"--dataset=folder:{tmp_path / 'none'}", "--steps=2",
                         f"--workdir={tmp_path / 'w'}", "--models=cifar_resnet20"])
