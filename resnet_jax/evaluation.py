@@ -135,11 +135,11 @@ def logged_evaluation(workdir: str | None, step: int | None) -> dict:
             kept = json.load(f)
         if kept.get("step") == step:
             return {k: v for k, v in kept.items() if isinstance(v, dict)}
-    path = os.path.join(workdir, "metrics.jsonl")
-    if not os.path.exists(path):
+    if not os.path.exists(os.path.join(workdir, "metrics.jsonl")):
         return {}
-    with open(path) as f:
-        rows = [json.loads(line) for line in f if line.strip()]
+    from resnet_jax import plot
+
+    rows = plot.read_metrics(workdir)
     row = next((r for r in reversed(rows) if r.get("step") == step and "eval_top1_error" in r), None)
     return {} if row is None else {"validation": {"view": "validation, as logged in training",
                                                   "top1_error": row["eval_top1_error"],
