@@ -23,7 +23,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from resnet_jax import models
+from resnet_jax import models, storage
 
 FORMAT = 1  # of the checkpoint's layout and description: raise it when they change, and keep reading older ones
 log = logging.getLogger(__name__)
@@ -50,7 +50,9 @@ class WriteFailed(Exception):
 
 
 def checkpoint_dir(workdir: str) -> str:
-    return os.path.join(os.path.abspath(workdir), "checkpoints")
+    """``<workdir>/checkpoints``: a local path made absolute, or in a gs:// bucket (StorageError for a URL Orbax
+    cannot write)."""
+    return storage.join(storage.for_checkpoints(workdir), "checkpoints")
 
 
 def manager(workdir: str, keep: int = 3, create: bool = True, async_save: bool = True) -> ocp.CheckpointManager:
@@ -92,6 +94,8 @@ def ensure_space(mngr: ocp.CheckpointManager, step: int, nbytes: int) -> None:
     TensorStore's threads failing in the background): WriteFailed. Where space is short, the save in flight is
     waited for first, since it is still taking space and older steps are deleted after it."""
     directory = str(mngr.directory)
+    if storage.is_remote(directory):  # a bucket has no free space to check
+        return
     need = int(nbytes * 1.1) + (1 << 20)  # the arrays, plus metadata and Orbax's own files
     if shutil.disk_usage(directory).free >= 2 * need:
         return
@@ -119,14 +123,14 @@ def close(mngr: ocp.CheckpointManager) -> None:
         log.debug("closing %s after a failed save: %s", mngr.directory, first_line(e))
     mngr.close()
     directory = str(mngr.directory)
-    if jax.process_index() == 0 and os.path.isdir(directory):
+    if jax.process_index() == 0:
         for name in partial_steps(directory):
-            shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
+            storage.remove(storage.join(directory, name))
 
 
 def partial_steps(directory: str) -> list[str]:
     """The directories of steps whose save did not complete (Orbax renames a step's directory when it is)."""
-    return [n for n in os.listdir(directory) if re.fullmatch(r"\d+\.orbax-checkpoint-tmp.*", n)]
+    return [n for n in storage.listdir(directory) if re.fullmatch(r"\d+\.orbax-checkpoint-tmp.*", n)]
 
 
 def disk_error(error: BaseException) -> str | None:
@@ -155,8 +159,7 @@ def write_failure(mngr: ocp.CheckpointManager, error: Exception, step: int | Non
     if cause is None:
         return error
     directory = str(mngr.directory)
-    names = os.listdir(directory) if os.path.isdir(directory) else []
-    partial = partial_steps(directory) if names else []
+    partial = partial_steps(directory)
     failed = sorted({int(n.split(".")[0]) for n in partial}) or ([step] if step is not None else [])
     free = shutil.disk_usage(directory).free if os.path.isdir(directory) else 0
     what = what or (f"saving step {failed[0]} to {directory}" if failed else f"writing to {directory}")
@@ -165,7 +168,7 @@ def write_failure(mngr: ocp.CheckpointManager, error: Exception, step: int | Non
 
 def _kept(directory: str) -> str:
     """Which saved steps are intact, and how to resume from the newest."""
-    kept = sorted(int(n) for n in os.listdir(directory) if n.isdigit()) if os.path.isdir(directory) else []
+    kept = sorted(int(n) for n in storage.listdir(directory) if n.isdigit())
     resume = f"rerun the same command to resume from step {kept[-1]}" if kept else "rerun the same command"
     return (f"Saved steps {kept or 'none'} are intact and no partial step is left; free some space and {resume}")
 
@@ -243,9 +246,9 @@ def newest_good_step(mngr: ocp.CheckpointManager) -> int | None:
                                   f"directory away to train from scratch")
         return None
     for bad, error in damaged:
-        aside = os.path.join(str(mngr.directory), f"damaged-{bad}")
+        aside = storage.join(str(mngr.directory), f"damaged-{bad}")
         if jax.process_index() == 0:
-            os.replace(os.path.join(str(mngr.directory), str(bad)), aside)
+            storage.move(storage.join(str(mngr.directory), str(bad)), aside)
         log.warning("%s; resuming from step %d, the newest good one (the damaged files are kept in %s)", error,
                     step, aside)
     if damaged:
@@ -302,8 +305,8 @@ def restore(mngr: ocp.CheckpointManager, step: int, variables: Any, train: Any =
 def load_checkpoint(workdir: str, step: int | str = "latest") -> tuple[models.ResNet, dict, dict]:
     """The raw Flax pieces of a saved run: ``model, variables, info`` (info = the checkpoint's description,
     with ``step``)."""
-    if not os.path.isdir(checkpoint_dir(workdir)):
-        raise CheckpointError(f"no checkpoints in {checkpoint_dir(workdir)}")
+    if not storage.isdir(checkpoint_dir(workdir)):
+        raise CheckpointError(f"no checkpoints in {checkpoint_dir(workdir)}{storage.missing_bucket(workdir)}")
     mngr = manager(workdir, create=False, async_save=False)
     try:
         step = resolve_step(mngr, step, workdir)

@@ -21,7 +21,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from resnet_jax import checkpoint, data, models
+from resnet_jax import checkpoint, data, models, storage
 from resnet_jax.weights import (  # noqa: F401  (names kept importable from here)
     CIFAR10_CLASSES,
     TORCH_MEAN,
@@ -90,7 +90,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             print(f"wrote {', '.join(written)} to {args.output} ({args.target} layout)")
         else:
             p.error("pass --from=torch (import) or --to=torch|transformers|timm (export)")
-    except (ConversionError, checkpoint.CheckpointError, data.DataError) as e:
+    except (ConversionError, checkpoint.CheckpointError, data.DataError, storage.StorageError) as e:
         sys.exit(f"error: {e}")
 
 

@@ -72,11 +72,13 @@ def main(argv=None) -> int:
     args = parse(argv)
     import jax
 
-    from resnet_jax import checkpoint, data, evaluation
+    from resnet_jax import checkpoint, data, evaluation, storage
 
     try:
         model, variables, info = checkpoint.load_checkpoint(args.workdir, args.step)
-    except checkpoint.CheckpointError as e:
+        if args.output:
+            storage.resolve(args.output, "--output")
+    except (checkpoint.CheckpointError, storage.StorageError) as e:
         sys.exit(f"error: {e}")
     clf = evaluation.Classifier(model, variables, info)
     if args.images:
@@ -110,8 +112,10 @@ def main(argv=None) -> int:
             print(f"{r['model']:<18} {r['step']:>7} {r['view']:<30} {r['num_examples']:>9} "
                   f"{r['top1_error']:>9.2f}% {r['top5_error']:>9.2f}%")
         if args.output:
-            with open(args.output, "w") as f:
-                json.dump(results[0] if len(results) == 1 else results, f, indent=1)
+            try:
+                storage.write_text(args.output, json.dumps(results[0] if len(results) == 1 else results, indent=1))
+            except storage.StorageError as e:
+                sys.exit(f"error: {e}")
     return 0
 
 

@@ -125,19 +125,18 @@ def logged_evaluation(workdir: str | None, step: int | None) -> dict:
     """A run's own evaluation of ``step``: the center/10-crop errors of ``evaluation.json`` (the studies write it)
     or else the validation errors logged in ``metrics.jsonl`` at that step; empty where there are none."""
     import json
-    import os
+
+    from resnet_jax import plot, storage
 
     if not workdir:
         return {}
-    path = os.path.join(workdir, "evaluation.json")
-    if os.path.exists(path):
-        with open(path) as f:
-            kept = json.load(f)
+    path = storage.join(workdir, "evaluation.json")
+    if storage.exists(path):
+        kept = json.loads(storage.read_text(path))
         if kept.get("step") == step:
             return {k: v for k, v in kept.items() if isinstance(v, dict)}
-    if not os.path.exists(os.path.join(workdir, "metrics.jsonl")):
+    if not storage.exists(storage.join(workdir, "metrics.jsonl")):
         return {}
-    from resnet_jax import plot
 
     rows = plot.read_metrics(workdir)
     row = next((r for r in reversed(rows) if r.get("step") == step and "eval_top1_error" in r), None)

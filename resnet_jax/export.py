@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from resnet_jax import quiet
+from resnet_jax import quiet, storage
 
 FORMATS = ("stablehlo", "saved_model", "onnx")
 ONNX_INSTALL = "pip install onnx onnx-ir onnxruntime && pip install --no-deps jax2onnx==0.17.1"
@@ -108,22 +108,28 @@ def export(workdir: str, output: str, fmt: str = "stablehlo", step: int | str = 
         raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
     # ONNX: XLA's convolution (not the CPU im2col kernels of conv_impl="auto"), which converts to Conv nodes
     fn, image_size, info = inference_fn(workdir, step, conv_impl="xla" if fmt == "onnx" else None)
-    parent = os.path.dirname(os.path.abspath(output))
-    os.makedirs(parent, exist_ok=True)
+    output = storage.resolve(output, "--output")
     if fmt in ("stablehlo", "onnx"):
         payload = export_stablehlo(fn, image_size) if fmt == "stablehlo" else export_onnx(fn, image_size)
-        with tempfile.NamedTemporaryFile(dir=parent, delete=False) as f:
-            f.write(payload)
-        os.replace(f.name, output)
-    else:
-        staging = tempfile.mkdtemp(dir=parent)
-        try:
+        storage.write_bytes(output, payload)
+        return info
+    if storage.is_remote(output):  # built in a temporary folder here, then uploaded over the old one
+        with tempfile.TemporaryDirectory() as staging:
             export_saved_model(fn, image_size, staging)
-            if os.path.exists(output):
-                shutil.rmtree(output)
-            os.replace(staging, output)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
+            storage.remove(output)
+            with storage.errors(output, "cannot write"):
+                storage.filesystem(output).put(staging + "/", output, recursive=True)
+        return info
+    parent = os.path.dirname(output)
+    os.makedirs(parent, exist_ok=True)
+    staging = tempfile.mkdtemp(dir=parent)
+    try:
+        export_saved_model(fn, image_size, staging)
+        if os.path.exists(output):
+            shutil.rmtree(output)
+        os.replace(staging, output)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return info
 
 
@@ -138,7 +144,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         info = export(args.workdir, args.output, args.format, args.step)
-    except (checkpoint.CheckpointError, ExportError) as e:
+    except (checkpoint.CheckpointError, ExportError, storage.StorageError) as e:
         sys.exit(f"error: {e}")
     size = info["preprocessing"]["image_size"]
     print(f"wrote {info['model']} step {info['step']} as {args.format} to {args.output}: uint8 [batch, {size}, {size}, "

@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 
 import jax
 
-from resnet_jax import plot
+from resnet_jax import plot, storage
 
 log = logging.getLogger(__name__)
 PLOT_EVERY_SECONDS = 30  # redraw curves.png at most this often (and once at the end): drawing takes ~0.5 s
@@ -19,11 +18,10 @@ PLOT_EVERY_SECONDS = 30  # redraw curves.png at most this often (and once at the
 def keep_rows_through(path: str, step: int) -> None:
     """Before a run resumes from ``step``: drop the rows a stopped run logged after its last complete checkpoint
     (the resumed run logs those steps again, so each step is logged once) and a last line cut short by a kill.
-    Rewritten whole (a temporary file, then a rename), so the file is never half-written."""
-    if not os.path.exists(path):
+    Rewritten whole (a temporary file, then a rename; in a bucket one upload), so it is never half-written."""
+    if not storage.exists(path):
         return
-    with open(path) as f:
-        lines = f.read().splitlines(keepends=True)
+    lines = storage.read_text(path).splitlines(keepends=True)
     kept = []
     for line in lines:
         try:
@@ -33,9 +31,7 @@ def keep_rows_through(path: str, step: int) -> None:
         if line.endswith("\n") and row.get("step", 0) <= step:
             kept.append(line)
     if kept != lines:
-        with open(path + ".tmp", "w") as f:
-            f.writelines(kept)
-        os.replace(path + ".tmp", path)
+        storage.write_text(path, "".join(kept))
 
 
 class RunLogger:
@@ -46,15 +42,15 @@ class RunLogger:
         self.bar = self.writer = None
         self.unplotted, self.last_plot = False, -float("inf")
         if self.main:
-            keep_rows_through(os.path.join(workdir, "metrics.jsonl"), start_step)
+            keep_rows_through(storage.join(workdir, "metrics.jsonl"), start_step)
             from tqdm import tqdm
 
             self.bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True,
-                            desc=os.path.basename(os.path.normpath(workdir)))
+                            desc=storage.basename(workdir))
             try:
                 from tensorboardX import SummaryWriter
 
-                self.writer = SummaryWriter(os.path.join(workdir, "tensorboard"))
+                self.writer = SummaryWriter(storage.join(workdir, "tensorboard"))
             except ImportError:  # TensorBoard is optional
                 self.writer = None
 
@@ -72,8 +68,7 @@ class RunLogger:
             if step > self.last_step:
                 event["images_per_second"] = self.batch_size * (step - self.last_step) / (now - self.last_time)
             self.last_step, self.last_time = step, now
-        with open(os.path.join(self.workdir, "metrics.jsonl"), "a") as f:
-            f.write(json.dumps(event) + "\n")
+        storage.append_text(storage.join(self.workdir, "metrics.jsonl"), json.dumps(event) + "\n")
         if self.writer is not None:
             for key, value in event.items():
                 if key != "step":
@@ -89,7 +84,7 @@ class RunLogger:
                 self.plot()
 
     def plot(self) -> None:
-        plot.plot_runs([self.workdir], os.path.join(self.workdir, "curves.png"))
+        plot.plot_runs([self.workdir], storage.join(self.workdir, "curves.png"))
         self.unplotted, self.last_plot = False, time.perf_counter()
 
     def close(self) -> None:
@@ -101,5 +96,6 @@ class RunLogger:
                 self.plot()
             if self.writer is not None:
                 self.writer.close()
-        except OSError as e:
-            log.warning("could not write the last curves and TensorBoard events in %s: %s", self.workdir, e.strerror)
+        except (OSError, storage.StorageError) as e:
+            log.warning("could not write the last curves and TensorBoard events in %s: %s", self.workdir,
+                        getattr(e, "strerror", None) or e)

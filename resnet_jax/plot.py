@@ -8,20 +8,21 @@ iterations, read from runs' ``metrics.jsonl``; or the same for the loss, with ch
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import math
-import os
 import sys
 from collections.abc import Sequence
+
+from resnet_jax import storage
 
 
 def read_metrics(run_dir: str) -> list[dict]:
     """The log events of a run (one JSON object per line)."""
-    path = os.path.join(run_dir, "metrics.jsonl")
-    if not os.path.exists(path):
+    path = storage.join(run_dir, "metrics.jsonl")
+    if not storage.exists(path):
         raise FileNotFoundError(f"{path} does not exist: is {run_dir} a training workdir?")
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+    return [json.loads(line) for line in storage.read_text(path).splitlines() if line.strip()]
 
 
 def series(events: list[dict], key: str) -> tuple[list[int], list[float]]:
@@ -50,7 +51,7 @@ def plot_runs(run_dirs: Sequence[str], output: str, title: str | None = None, la
     colors: dict[str, str] = {}  # runs with the same label (seeds of one model) share a colour and a legend entry
     for i, run in enumerate(run_dirs):
         events = read_metrics(run)
-        label = labels[i] if labels else os.path.basename(os.path.normpath(run))
+        label = labels[i] if labels else storage.basename(run)
         first = label not in colors
         color = colors.setdefault(label, f"C{len(colors)}")
         ax.plot(*series(events, train_key), color=color, linewidth=0.8, alpha=0.8)
@@ -67,11 +68,18 @@ def plot_runs(run_dirs: Sequence[str], output: str, title: str | None = None, la
         ax.set_title(title)
     if own:
         fig.tight_layout()
-        tmp = output + ".tmp.png"
-        fig.savefig(tmp, dpi=120)
-        plt.close(fig)
-        os.replace(tmp, output)
+        save_figure(fig, output)
     return output
+
+
+def save_figure(fig, output: str, **options) -> None:
+    """Write a matplotlib figure as PNG at once (never half-written), to a local path or a bucket; and close it."""
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=options.pop("dpi", 120), **options)
+    plt.close(fig)
+    storage.write_bytes(output, buffer.getvalue())
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -42,14 +42,15 @@ def main(argv):
                                    heartbeat_timeout_seconds=FLAGS.heartbeat_timeout)
     from absl import logging as absl_logging
 
-    from resnet_jax import checkpoint, data, quiet, training
+    from resnet_jax import checkpoint, data, quiet, storage, training
 
     absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax is chatty at INFO
     quiet.cli_logging()
     logging.getLogger("resnet_jax").setLevel(logging.INFO)
     try:
         metrics = training.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-    except (training.ConfigError, data.DataError, checkpoint.CheckpointError, FloatingPointError) as e:
+    except (training.ConfigError, data.DataError, checkpoint.CheckpointError, storage.StorageError,
+            FloatingPointError) as e:
         sys.exit(f"error: {e}")
     except checkpoint.WriteFailed as e:
         print(f"error: {e}", file=sys.stderr)

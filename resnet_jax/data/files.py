@@ -6,46 +6,70 @@ ImageNet-style folders (center and 10-crop views) where TensorFlow is not instal
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Sequence
 
 import numpy as np
 
+from resnet_jax import storage
 from resnet_jax.data.errors import DataError
 from resnet_jax.data.geometry import center_resize, ten_crop_boxes
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp")
+IMAGE_MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM")
 
 
-def image_problem(path: str, decode: bool = False) -> str | None:
+def image_problem(path: str, decode: bool = False, content: bytes | Exception | None = None) -> str | None:
     """What is wrong with an image file (None: nothing found): by its leading bytes, or (``decode``) by decoding
-    it fully with PIL, which also finds truncated and corrupt files."""
-    with open(path, "rb") as f:
-        head = f.read(8)
-    if not head.startswith((b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM")):
+    it fully with PIL, which also finds truncated and corrupt files. ``content``: its bytes, already fetched
+    (the whole file with ``decode``, else at least its first 8)."""
+    if isinstance(content, Exception):
+        return f"unreadable ({' '.join(str(content).split())[:200]})"
+    if content is None:
+        with open(path, "rb") as f:
+            head = f.read(8)
+    else:
+        head = content[:8]
+    if not head.startswith(IMAGE_MAGIC):
         return "not an image file"
     if decode:
         try:
-            _read_rgb(path)
+            _read_rgb(path, content)
         except DataError as e:
             return "truncated" if "truncated" in str(e).lower() else f"corrupt ({str(e).split(': ', 1)[-1]})"
     return None
 
 
-def unreadable_files(paths: Sequence[str]) -> list[tuple[str, str]]:
-    """(path, problem) of the files among ``paths`` that do not decode (each decoded fully, in threads)."""
+def image_problems(paths: Sequence[str], decode: bool = False) -> list[str | None]:
+    """``image_problem`` of many files (in a bucket, their bytes fetched together; decoding in threads)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    with ThreadPoolExecutor(min(16, os.cpu_count() or 1)) as pool:
-        problems = list(pool.map(lambda p: image_problem(p, decode=True), paths))
-    return [(p, problem) for p, problem in zip(paths, problems) if problem]
+    contents = _fetched(paths, None if decode else 8)
+    with ThreadPoolExecutor(min(16, os.cpu_count() or 1) if decode else 1) as pool:
+        return list(pool.map(lambda i: image_problem(paths[i], decode, contents[i]), range(len(paths))))
 
 
-def _read_rgb(path: str) -> np.ndarray:
+def _fetched(paths: Sequence[str], end: int | None = None) -> list[bytes | Exception | None]:
+    """The files' bytes where they are in a bucket (fetched together), else None for each (read where decoded)."""
+    if not any(storage.is_remote(p) for p in paths):
+        return [None] * len(paths)
+    return storage.read_many(list(paths), end)
+
+
+def unreadable_files(paths: Sequence[str]) -> list[tuple[str, str]]:
+    """(path, problem) of the files among ``paths`` that do not decode (each decoded fully, in threads)."""
+    return [(p, problem) for p, problem in zip(paths, image_problems(paths, decode=True)) if problem]
+
+
+def _read_rgb(path: str, content: bytes | Exception | None = None) -> np.ndarray:
+    """An image file (or its bytes, ``content``, already fetched) decoded to uint8 RGB; DataError naming it."""
     from PIL import Image
 
+    if isinstance(content, Exception):
+        raise DataError(f"cannot read image {path}: {' '.join(str(content).split())[:300]}")
     try:
-        with Image.open(path) as image:
+        with Image.open(io.BytesIO(content) if content is not None else path) as image:
             return np.asarray(image.convert("RGB"))
     except Exception as e:
         raise DataError(f"cannot read image {path}: {e}") from e
@@ -67,8 +91,9 @@ def decode_files(paths: Sequence[str], image_size: int | None = None) -> np.ndar
     or zero-padded to it (the ``cifar`` view); without, all must have one size. Errors name the file."""
     from concurrent.futures import ThreadPoolExecutor
 
+    contents = _fetched(paths)
     with ThreadPoolExecutor(min(16, os.cpu_count() or 1)) as pool:
-        images = list(pool.map(_read_rgb, paths))
+        images = list(pool.map(lambda i: _read_rgb(paths[i], contents[i]), range(len(paths))))
     if image_size is not None:
         images = [im if im.shape[:2] == (image_size, image_size) else _crop_or_pad(im, image_size) for im in images]
     for path, image in zip(paths, images):
@@ -100,10 +125,11 @@ def resize_bilinear(image: np.ndarray, height: int, width: int) -> np.ndarray:
     return np.clip(np.round(out), 0, 255).astype(np.uint8)
 
 
-def eval_view(path: str, preset: str, image_size: int, resize_size: int | None = None) -> np.ndarray:
-    """The ``center`` (S, S, 3) or ``10`` (10, S, S, 3) evaluation view of an image file, with PIL and numpy: the
-    same geometry as ``preprocess.eval_preprocess``."""
-    image = _read_rgb(path)
+def eval_view(path: str, preset: str, image_size: int, resize_size: int | None = None,
+              content: bytes | Exception | None = None) -> np.ndarray:
+    """The ``center`` (S, S, 3) or ``10`` (10, S, S, 3) evaluation view of an image file (or of its bytes,
+    ``content``), with PIL and numpy: the same geometry as ``preprocess.eval_preprocess``."""
+    image = _read_rgb(path, content)
     h, w = image.shape[:2]
     resize_size = center_resize(image_size, resize_size)
     if preset == "center":  # the central window that becomes the crop, resized
@@ -125,5 +151,7 @@ def eval_views(paths: Sequence[str], preset: str, image_size: int, resize_size: 
     """``eval_view`` of many files, in threads."""
     from concurrent.futures import ThreadPoolExecutor
 
+    contents = _fetched(paths)
     with ThreadPoolExecutor(min(16, os.cpu_count() or 1)) as pool:
-        return np.stack(list(pool.map(lambda p: eval_view(p, preset, image_size, resize_size), paths)))
+        return np.stack(list(pool.map(lambda i: eval_view(paths[i], preset, image_size, resize_size, contents[i]),
+                                      range(len(paths)))))

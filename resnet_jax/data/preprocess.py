@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from resnet_jax import storage
 from resnet_jax.data.backend import decode, has_tensorflow, resize, tensorflow, to_uint8
 from resnet_jax.data.errors import DataError
 from resnet_jax.data.files import decode_files, eval_views
@@ -114,10 +115,15 @@ def decode_images(files: Sequence[str], preset: str, image_size: int, resize_siz
     if not has_tensorflow():
         return eval_views(files, preset, image_size, resize_size)
     tf = tensorflow()
+    remote = any(storage.is_remote(p) for p in files)
+    contents = storage.read_many(list(files)) if remote else [None] * len(files)
     out = []
-    for path in files:
+    for path, content in zip(files, contents):
         try:
-            out.append(eval_preprocess(tf.io.read_file(path), preset, image_size, resize_size).numpy())
+            if isinstance(content, Exception):
+                raise content
+            encoded = tf.io.read_file(path) if content is None else tf.constant(content)
+            out.append(eval_preprocess(encoded, preset, image_size, resize_size).numpy())
         except Exception as e:
-            raise DataError(f"cannot read image {path}: {e}") from e
+            raise DataError(f"cannot read image {path}: {' '.join(str(e).split())[:300]}") from e
     return np.stack(out)

@@ -11,12 +11,23 @@ from typing import Any
 
 import numpy as np
 
-from resnet_jax import quiet
+from resnet_jax import quiet, storage
 from resnet_jax.data.backend import tensorflow
 from resnet_jax.data.errors import DataError
-from resnet_jax.data.files import IMAGE_EXTENSIONS, image_problem
+from resnet_jax.data.files import IMAGE_EXTENSIONS, image_problems
 
 log = logging.getLogger(__name__)
+REMOTE_READ_GROUP = 64  # files of a bucket fetched together (one round trip's worth of concurrent requests)
+
+
+def read_group(paths: np.ndarray) -> np.ndarray:
+    """The bytes of files in a bucket, fetched together; an unreadable one raises naming it."""
+    names = [p.decode() for p in paths]
+    contents = storage.read_many(names)
+    for name, content in zip(names, contents):
+        if isinstance(content, Exception):
+            raise DataError(f"cannot read image {name}: {' '.join(str(content).split())[:300]}")
+    return np.array(contents, dtype=object)
 
 
 @dataclasses.dataclass
@@ -40,6 +51,11 @@ class Source:
             order = (np.random.default_rng([seed, epoch]).permutation(self.num_examples) if shuffle
                      else np.arange(self.num_examples))
             ds = tf.data.Dataset.from_tensor_slices((self.paths[order], self.labels[order]))
+            if storage.is_remote(str(self.paths[0])):  # fetched in groups of concurrent requests (gcsfs)
+                return ds.batch(REMOTE_READ_GROUP).map(
+                    lambda p, y: (tf.ensure_shape(tf.numpy_function(read_group, [p], tf.string, stateful=False),
+                                                  [None]), y),
+                    num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).unbatch()
             return ds.map(lambda p, y: (tf.io.read_file(p), y), num_parallel_calls=tf.data.AUTOTUNE,
                           deterministic=True)
         import tensorflow_datasets as tfds
@@ -72,24 +88,19 @@ def folder_source(root: str, split: str, on_bad_file: str = "warn", verify: bool
             raise DataError(f"split {split!r} of {root} is empty ({whole.num_examples} examples in {match[1]!r})")
         return dataclasses.replace(whole, split=split, num_examples=len(keep), paths=whole.paths[keep],
                                    labels=whole.labels[keep])
-    directory = os.path.join(root, split)
-    if not os.path.isdir(directory):
-        available = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d))) \
-            if os.path.isdir(root) else []
-        raise DataError(f"image folder {root!r} has no split {split!r} (expected {directory}/<class>/<image>); "
-                        f"splits found: {available or 'none'}")
-    classes = sorted(d for d in os.listdir(directory) if os.path.isdir(os.path.join(directory, d)))
-    if not classes:
-        raise DataError(f"{directory} has no class folders (expected {directory}/<class>/<image>)")
+    directory = storage.join(root, split)
+    files_of = class_files(root, directory)
     paths, labels, bad = [], [], []
+    classes = sorted(files_of)
     for label, name in enumerate(classes):
-        files = sorted(e.path for e in os.scandir(os.path.join(directory, name)) if e.is_file())
-        problems = {p: image_problem(p, verify) if p.lower().endswith(IMAGE_EXTENSIONS) else "not an image file"
-                    for p in files}
+        files = files_of[name]
+        images = [p for p in files if p.lower().endswith(IMAGE_EXTENSIONS)]
+        problems = dict(zip(images, image_problems(images, verify)))
+        problems.update({p: "not an image file" for p in files if p not in problems})
         good = [p for p in files if problems[p] is None]
         bad += [(p, problems[p]) for p in files if problems[p]]
         if not good:
-            raise DataError(f"class folder {os.path.join(directory, name)} holds no images")
+            raise DataError(f"class folder {storage.join(directory, name)} holds no images")
         paths += good
         labels += [label] * len(good)
     if bad:
@@ -101,6 +112,30 @@ def folder_source(root: str, split: str, on_bad_file: str = "warn", verify: bool
         log.warning("skipped %d unreadable file(s) in %s", len(bad), directory)
     return Source(f"folder:{root}", split, len(paths), classes, paths=np.array(paths),
                   labels=np.array(labels, np.int32))
+
+
+def class_files(root: str, directory: str) -> dict[str, list[str]]:
+    """``{class: sorted file paths}`` of a split folder ``<directory>/<class>/<file>``, local or in a bucket (one
+    listing of the whole prefix there); DataError if the split or its classes are missing."""
+    if storage.is_remote(directory):
+        found: dict[str, list[str]] = {}
+        for url in storage.find_files(directory):
+            parts = url[len(directory) + 1:].split("/")
+            if len(parts) == 2:
+                found.setdefault(parts[0], []).append(url)
+        exists = bool(found) or storage.isdir(directory)
+    else:
+        exists = os.path.isdir(directory)
+        found = {d: sorted(e.path for e in os.scandir(os.path.join(directory, d)) if e.is_file())
+                 for d in os.listdir(directory) if os.path.isdir(os.path.join(directory, d))} if exists else {}
+    if not exists:
+        available = [d for d in storage.listdir(root) if storage.isdir(storage.join(root, d))]
+        raise DataError(f"image folder {root!r} has no split {storage.basename(directory)!r} (expected "
+                        f"{directory}/<class>/<image>); splits found: {available or 'none'}"
+                        f"{storage.missing_bucket(root)}")
+    if not found:
+        raise DataError(f"{directory} has no class folders (expected {directory}/<class>/<image>)")
+    return found
 
 
 def tfds_source(name: str, split: str, data_dir: str | None = None) -> Source:

@@ -50,12 +50,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     for name, (module, help_text) in STUDIES.items():
         module.add_arguments(sub.add_parser(name, help=help_text, description=module.__doc__))
     args = p.parse_args(argv)
-    from resnet_jax import checkpoint, data, training
+    from resnet_jax import checkpoint, data, storage, training
 
     try:
         STUDIES[args.study][0].run(args)
     except training.Preempted as e:  # the model in training saved its step: rerun the same command to go on
         print(e, flush=True)
         sys.exit(e.exit_code)
-    except (training.ConfigError, data.DataError, checkpoint.CheckpointError) as e:  # one line, no traceback
+    except (training.ConfigError, data.DataError, checkpoint.CheckpointError,
+            storage.StorageError) as e:  # one line, no traceback
         sys.exit(f"error: {e}")

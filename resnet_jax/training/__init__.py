@@ -14,7 +14,7 @@
 from resnet_jax.mesh import AXIS, make_mesh
 from resnet_jax.training.errors import ConfigError, Preempted
 from resnet_jax.training.init import load_init_from, merge_variables
-from resnet_jax.training.lock import WorkdirLock, WorkdirLocked
+from resnet_jax.training.lock import LEASE_SECONDS, BucketLease, WorkdirLock, WorkdirLocked, run_lock
 from resnet_jax.training.loop import train_and_evaluate
 from resnet_jax.training.on_device import OnDeviceData, on_device_data
 from resnet_jax.training.periodic import (
@@ -38,7 +38,9 @@ from resnet_jax.training.step import (
 __all__ = [
     "AXIS",
     "GRACE_SECONDS",
+    "LEASE_SECONDS",
     "MAX_CALLS_IN_FLIGHT",
+    "BucketLease",
     "ConfigError",
     "OnDeviceData",
     "Preempted",
@@ -62,6 +64,7 @@ __all__ = [
     "on_device_data",
     "prepare",
     "profile_steps",
+    "run_lock",
     "stack_batches",
     "train_and_evaluate",
 ]

@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
-import os
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -14,12 +13,12 @@ import jax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from resnet_jax import checkpoint, data, evaluation
+from resnet_jax import checkpoint, data, evaluation, storage
 from resnet_jax.mesh import make_mesh
 from resnet_jax.training.errors import ConfigError
 from resnet_jax.training.failures import data_failure
 from resnet_jax.training.init import merge_variables
-from resnet_jax.training.lock import WorkdirLock
+from resnet_jax.training.lock import BucketLease, WorkdirLock, run_lock
 from resnet_jax.training.on_device import OnDeviceData, on_device_data
 from resnet_jax.training.periodic import (
     EvaluationAbandoned,
@@ -45,20 +44,22 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def open_run(config: ml_collections.ConfigDict, workdir: str) -> tuple[Run, Any, WorkdirLock | None]:
+def open_run(config: ml_collections.ConfigDict, workdir: str) -> tuple[Run, Any, WorkdirLock | BucketLease | None]:
     """The prepared run, its checkpoint manager and the workdir's run lock (held by process 0; another live run
-    on the workdir is refused before anything else). A start that fails (bad config, unprepared dataset) writes
-    nothing: the workdir and its checkpoint directory are created only once the run has been prepared."""
-    lock = take_lock(workdir) if os.path.isdir(workdir) else None
+    on the workdir is refused before anything else). A start that fails (bad config, unprepared dataset, a
+    bucket that is missing or cannot be written) writes nothing: the workdir and its checkpoint directory are
+    created only once the run has been prepared. ``workdir`` is already resolved (``storage.for_checkpoints``)."""
+    storage.check_writable(workdir)
+    lock = take_lock(workdir) if storage.isdir(workdir) else None
     mngr = None
     try:
-        if os.path.isdir(checkpoint.checkpoint_dir(workdir)):
+        if storage.isdir(checkpoint.checkpoint_dir(workdir)):
             mngr = checkpoint.manager(workdir, keep=config.keep_checkpoints)
             checkpoint.newest_good_step(mngr)  # damaged newer steps are set aside, with a warning
         run = prepare(config, workdir, mngr)
         if mngr is None:
             try:
-                os.makedirs(workdir, exist_ok=True)
+                storage.makedirs(workdir)
             except OSError as e:
                 raise ConfigError(f"cannot create the workdir {workdir}: {e.strerror}") from None
             lock = lock or take_lock(workdir)
@@ -72,9 +73,9 @@ def open_run(config: ml_collections.ConfigDict, workdir: str) -> tuple[Run, Any,
     return run, mngr, lock
 
 
-def take_lock(workdir: str) -> WorkdirLock | None:
+def take_lock(workdir: str) -> WorkdirLock | BucketLease | None:
     """Process 0 holds the workdir's run lock (the others write nothing of their own there)."""
-    return WorkdirLock(workdir).acquire() if jax.process_index() == 0 else None
+    return run_lock(workdir).acquire() if jax.process_index() == 0 else None
 
 
 def initial_state(run: Run, mngr: Any, tx: Any, mesh: jax.sharding.Mesh) -> tuple[TrainState, int]:
@@ -259,6 +260,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     ``steps_per_loop`` steps; e.g. for a study-wide progress bar). A stop signal saves and raises Preempted."""
     from resnet_jax import logger  # matplotlib, tqdm, tensorboardX: only the CLI path needs them
 
+    workdir = storage.for_checkpoints(workdir)
     with StopSignals() as stop:
         run, mngr, lock = open_run(config, workdir)
         if lock is not None:
