@@ -8,8 +8,9 @@ are imported from there (nothing is copied here) and timed in the same process, 
 ``--conv_impl`` takes a comma-separated list: each implementation is timed as its own runner. ``--loops=1,10``
 also times train.py's loop (``make_train_loop``) running that many steps per call (one runner each; images/s
 per step). ``--torch``
-times the same network (resnet_jax.torch_models, fp32, NCHW) with PyTorch's SGD step on this machine's
-threads, also in the same process.
+times the same network (resnet_jax.torch_models, fp32) with PyTorch's SGD step on this machine's threads, also in
+the same process: in ``channels_last`` (``torch``: PyTorch's best fp32 mode on CPUs, the baseline of the speedups)
+and in NCHW (``torch_nchw``).
 Reported: images/s (median over steps), step time, compile time, training FLOPs per image (6 x the
 multiply-adds of Table 1's count) and MFU where the device's peak is known.
 """
@@ -94,19 +95,20 @@ def ours(args, conv_impl: str, loop: int = 0):
     return run, compile_seconds, flops_per_image(model, args.image_size), max(loop, 1)
 
 
-def pytorch(args):
+def pytorch(args, channels_last: bool = True):
     """The same network and step in PyTorch (fp32): forward, cross-entropy, backward, SGD with momentum 0.9 and
-    weight decay 1e-4 (the paper's recipe)."""
+    weight decay 1e-4 (the paper's recipe); the network and its input in ``channels_last`` or NCHW."""
     import torch
 
     from resnet_jax.torch_models import torch_model
 
     version = models.MODELS[args.model].get("version", "v1")
-    net = torch_model(args.model, args.num_classes, version=version).train()
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    net = torch_model(args.model, args.num_classes, version=version).train().to(memory_format=layout)
     opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
     rng = np.random.default_rng(0)
     images = torch.from_numpy(rng.normal(size=(args.batch_size, 3, args.image_size, args.image_size))
-                              .astype(np.float32))
+                              .astype(np.float32)).contiguous(memory_format=layout)
     labels = torch.from_numpy(rng.integers(0, args.num_classes, args.batch_size))
 
     def run():
@@ -183,7 +185,8 @@ def main() -> None:
     p.add_argument("--on_device_data", action="store_true", help="draw batches from a device-resident train set")
     p.add_argument("--conv_impl", default="auto", help="comma-separated: auto, xla, im2col, onednn (one runner each)")
     p.add_argument("--loops", default="", help="comma-separated steps per call of train.py's loop, e.g. 1,10")
-    p.add_argument("--torch", action="store_true", help="also time the PyTorch twin of the network (fp32)")
+    p.add_argument("--torch", action="store_true",
+                   help="also time the PyTorch twin of the network (fp32, channels_last and NCHW)")
     p.add_argument("--reference", help="path to flax/examples/imagenet (ResNet-50 only)")
     p.add_argument("--output")
     args = p.parse_args()
@@ -192,7 +195,8 @@ def main() -> None:
     for k in filter(None, args.loops.split(",")):
         runners[f"ours_loop{k}"] = ours(args, impls[0], int(k))
     if args.torch:
-        runners["torch"] = pytorch(args)
+        runners["torch"] = pytorch(args, channels_last=True)
+        runners["torch_nchw"] = pytorch(args, channels_last=False)
     if args.reference:
         runners["reference"] = reference(args)
     times = {name: [] for name in runners}
@@ -216,7 +220,7 @@ def main() -> None:
             result["flops_per_image"] = fpi
             peak = PEAK_FLOPS.get((device.device_kind, args.dtype))
             result[f"{prefix}mfu"] = fpi * args.batch_size / median / (peak * jax.device_count()) if peak else None
-    for baseline in ("reference", "torch"):
+    for baseline in ("reference", "torch", "torch_nchw"):
         if baseline in runners:
             for name in runners:
                 if name.startswith("ours"):
@@ -230,7 +234,8 @@ def main() -> None:
         if "speedup_vs_" in key:
             name, baseline = key.split("speedup_vs_")
             print(f"{(name.rstrip('_') or 'ours')} / {baseline}: {value:.2f}x")
-    print(f"GFLOPs/image {result['flops_per_image'] / 1e9:.2f}  device {device.device_kind}")
+    host = f", {result['cpu_model']} (cpu family {result['cpu_family']})" if device.platform == "cpu" else ""
+    print(f"GFLOPs/image {result['flops_per_image'] / 1e9:.2f}  device {device.device_kind}{host}")
     common.write(result, args.output)
 
 

@@ -4,30 +4,24 @@ from resnet_jax import quiet
 
 quiet.quiet_native_logs()  # before anything imports TensorFlow
 
-from resnet_jax.models import (  # noqa: E402
-    MODELS,
-    ResidualBlock,
-    ResNet,
-    Shortcut,
-    Stage,
-    convert_layout,
-    create_model,
-    list_models,
-)
-
 __all__ = ["MODELS", "Classifier", "ResNet", "ResidualBlock", "Shortcut", "Stage", "convert_layout", "create_model",
            "list_models", "load_checkpoint"]
 __version__ = "0.1.0"
 
+# Imported on first use (PEP 562), so that the command-line tools start in a fraction of a second and can take a
+# stop signal before JAX has loaded: the networks pull in JAX and Flax, the checkpoint readers Orbax.
+_LAZY = {"MODELS": "models", "ResidualBlock": "models", "ResNet": "models", "Shortcut": "models", "Stage": "models",
+         "convert_layout": "models", "create_model": "models", "list_models": "models",
+         "Classifier": "evaluation", "load_checkpoint": "checkpoint"}
+
 
 def __getattr__(name: str):
-    # Checkpoint-reading pieces pull in Orbax; import them only when asked for.
-    if name == "Classifier":
-        from resnet_jax.evaluation import Classifier
+    if name in _LAZY:
+        import importlib
 
-        return Classifier
-    if name == "load_checkpoint":
-        from resnet_jax.checkpoint import load_checkpoint
-
-        return load_checkpoint
+        return getattr(importlib.import_module(f"resnet_jax.{_LAZY[name]}"), name)
     raise AttributeError(f"module 'resnet_jax' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

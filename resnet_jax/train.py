@@ -14,6 +14,7 @@ jax.distributed initialises itself (pass --multihost); on GPU clusters pass --co
 import ast
 import logging
 import os
+import signal
 import sys
 
 from absl import app, flags
@@ -102,8 +103,18 @@ def one_line(error: Exception) -> str:
     return " ".join(text.split())
 
 
+def stop_during_start_up(signum: int, frame) -> None:
+    """A stop signal before the training loop has installed its own handlers (while Python imports JAX, parses
+    the flags, starts the processes): nothing is open or trained yet, so the run ends at once with the signal's
+    exit code (143 for SIGTERM, 130 for Ctrl-C), as it would later, instead of dying by the signal."""
+    print(f"received {signal.Signals(signum).name} during start-up: nothing new to save, exiting", flush=True)
+    os._exit(128 + signum)
+
+
 def run() -> None:
     """The command (``resnet-jax-train``)."""
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, stop_during_start_up)
     app.run(main, flags_parser=parse_flags)
 
 

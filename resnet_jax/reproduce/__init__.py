@@ -53,6 +53,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     from resnet_jax import checkpoint, data, storage, training
 
     try:
+        args.workdir = storage.for_checkpoints(args.workdir)
         STUDIES[args.study][0].run(args)
     except training.Preempted as e:  # the model in training saved its step: rerun the same command to go on
         print(e, flush=True)

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 
+from resnet_jax import storage
 from resnet_jax.reproduce import runner
 
 MODELS = ("cifar_plain20", "cifar_plain56", "cifar_resnet20", "cifar_resnet56")
@@ -34,15 +34,15 @@ def degradation_config(model: str, args: argparse.Namespace):
 def train(args: argparse.Namespace, models: list[str], desc: str) -> tuple[dict[str, str], float]:
     """Train (or skip, or resume) ``models`` in ``<workdir>/<model>`` with the study's recipe; returns the run
     directories and the wall time."""
-    os.makedirs(args.workdir, exist_ok=True)
-    dirs = {m: os.path.join(args.workdir, m) for m in models}
+    storage.makedirs(args.workdir)
+    dirs = {m: storage.join(args.workdir, m) for m in models}
     return dirs, runner.train_all({dirs[m]: degradation_config(m, args) for m in models}, desc)
 
 
 def run(args: argparse.Namespace) -> None:
     models = runner.models_flag(args.models, PATTERN, WHAT)
     dirs, seconds = train(args, models, "degradation study")
-    runner.plot_study(os.path.join(args.workdir, "degradation.png"), dirs,
+    runner.plot_study(storage.join(args.workdir, "degradation.png"), dirs,
                       f"CIFAR-10, {args.steps} iterations: training error (thin) and test error (bold)",
                       lambda m: m.replace("cifar_", ""))
     rows = ["| model | layers | training error (last 250 it.) | test error |", "|---|---|---|---|"]
@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> None:
     for m in models:
         e = errors[m]
         rows.append(f"| {m} | {runner.depth_of(m)} | {e['train_error']:.1f} % | {e['test_error']:.1f} % |")
-    runner.write_text(os.path.join(args.workdir, "degradation.md"),
+    runner.write_text(storage.join(args.workdir, "degradation.md"),
                       f"# Degradation study ({args.steps} iterations per model)\n\n`{runner.command_line()}`\n\n"
                       f"Wall time: {seconds / 60:.1f} min for the runs this invocation trained.\n\n"
                       + "\n".join(rows) + "\n")

@@ -17,6 +17,8 @@ import os
 import sys
 from dataclasses import dataclass
 
+from resnet_jax import storage
+from resnet_jax.cache import cache_dir
 from resnet_jax.reproduce import runner
 
 MODELS = ("plain18", "plain34", "resnet18", "resnet34")
@@ -108,12 +110,17 @@ def folder_data(args: argparse.Namespace) -> FolderData:
     if not args.dataset.startswith("folder:"):
         sys.exit(f"error: --dataset must be an image folder (folder:/path/to/tiny-imagenet-200), got {args.dataset}")
     root = args.dataset.split(":", 1)[1]
-    if not os.path.isdir(os.path.join(root, "train")) or not os.path.isdir(os.path.join(root, "val")):
-        sys.exit(f"error: {root} is not an image folder with train/ and val/ splits (<root>/<split>/<class>/<image>)")
-    os.makedirs(args.workdir, exist_ok=True)
-    if args.classes:
-        root = class_subset(root, args.classes, os.path.join(args.workdir, f"data-{args.classes}-classes"))
-    dataset = f"folder:{os.path.abspath(root)}"
+    if not storage.isdir(storage.join(root, "train")) or not storage.isdir(storage.join(root, "val")):
+        sys.exit(f"error: {root} is not an image folder with train/ and val/ splits (<root>/<split>/<class>/<image>)"
+                 f"{storage.missing_bucket(root)}")
+    if args.classes and storage.is_remote(root):
+        sys.exit(f"error: --classes links the first classes' folders into a local view, so it needs a local copy of "
+                 f"{root}; copy it, or give a bucket folder holding only the classes to train on")
+    storage.makedirs(args.workdir)
+    if args.classes:  # a view of links beside the runs, or in the local cache when the runs are in a bucket
+        views = cache_dir() if storage.is_remote(args.workdir) else args.workdir
+        root = class_subset(root, args.classes, os.path.join(views, f"data-{args.classes}-classes"))
+    dataset = f"folder:{storage.resolve(root)}"
     train, val = (data.get_source(dataset, split) for split in ("train", "val"))
     steps = args.steps or tiny_imagenet.EPOCHS * train.num_examples // args.batch_size
     return FolderData(dataset, len(train.class_names), train.num_examples, val.num_examples, steps)
@@ -140,16 +147,16 @@ def run(args: argparse.Namespace) -> None:
     d = folder_data(args)
     # Seed by seed, so that a study cut short has every model of its first seeds.
     runs = {runner.run_name(m, s): (m, s) for s in range(args.seeds) for m in models}
-    dirs = {run: os.path.join(args.workdir, run) for run in runs}
+    dirs = {run: storage.join(args.workdir, run) for run in runs}
     configs = {dirs[run]: imagenet_config(m, d.dataset, d.steps, args.batch_size, args.on_device_data, s,
                                           args.steps_per_loop) for run, (m, s) in runs.items()}
     seconds = runner.train_all(configs, "imagenet study")
     rows = runner.evaluated_rows(runs, dirs, d.steps, args.eval_batch_size)
-    runner.plot_study(os.path.join(args.workdir, "imagenet.png"), dirs, figure_title(d, args),
+    runner.plot_study(storage.join(args.workdir, "imagenet.png"), dirs, figure_title(d, args),
                       lambda run: runner.display_name(runs[run][0]))
     table = runner.error_table(rows, {m: (v,) for m, v in PAPER_TABLE2.items()}, "paper top-1 10-crop (ImageNet)")
     claims = claims_text(rows)
-    runner.write_text(os.path.join(args.workdir, "imagenet.md"),
+    runner.write_text(storage.join(args.workdir, "imagenet.md"),
                       f"# ImageNet study: plain vs residual, 18 vs 34 layers (Figure 4, Table 2)\n\n"
                       f"`{runner.command_line()}`\n\nData: {d.describe(args.batch_size)}, {seeds_text(args.seeds)}; "
                       f"validation error of the last step.\n\n"

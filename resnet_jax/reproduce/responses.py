@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import os
 import statistics
 
+from resnet_jax import storage
+from resnet_jax.plot import save_figure
 from resnet_jax.reproduce import degradation, runner
 
 MODELS = ("cifar_plain20", "cifar_plain56", "cifar_resnet20", "cifar_resnet56", "cifar_resnet110")
@@ -32,7 +33,7 @@ def layer_stds(run_dir: str, split: str, batch_size: int) -> dict:
         source = data.get_source(ds["dataset"], split, ds.get("data_dir"), image_size=clf.image_size)
         batches = data.eval_batches(source, batch_size, clf.preset, clf.image_size, clf.resize_size,
                                     process_index=0, process_count=1)
-        with tqdm(total=source.num_examples, desc=f"responses {os.path.basename(run_dir)}", unit="img") as bar:
+        with tqdm(total=source.num_examples, desc=f"responses {storage.basename(run_dir)}", unit="img") as bar:
             layers = responses.response_std(clf.model, clf.variables, batches, clf.mean, clf.std, progress=bar)
         return {"split": split, "num_examples": source.num_examples, "layers": layers}
 
@@ -87,8 +88,7 @@ def plot(path: str, curves: dict[str, list[float]], title: str) -> None:
         ax.legend(fontsize=8)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def run(args: argparse.Namespace) -> None:
@@ -97,7 +97,7 @@ def run(args: argparse.Namespace) -> None:
     stats = {m: layer_stds(dirs[m], args.split, args.batch_size) for m in models}
     curves = {m: [v["std"] for v in s["layers"].values()] for m, s in stats.items()}
     n = next(iter(stats.values()))["num_examples"]
-    plot(os.path.join(args.workdir, "responses.png"), curves,
+    plot(storage.join(args.workdir, "responses.png"), curves,
          f"Standard deviations of layer responses on CIFAR-10 {args.split} ({n} images), {args.steps} iterations")
     table = ["| model | 3x3 layers | mean std | median | max | min | test error |", "|---|---|---|---|---|---|---|"]
     for m in models:
@@ -106,7 +106,7 @@ def run(args: argparse.Namespace) -> None:
         table.append(f"| {runner.display_name(m)} | {len(curves[m])} | {s['mean']:.3f} | {s['median']:.3f} | "
                      f"{s['max']:.3f} | {s['min']:.3f} | {error:.1f} % |")
     claims = claims_text({m: summary(curves[m])["mean"] for m in models})
-    runner.write_text(os.path.join(args.workdir, "responses.md"),
+    runner.write_text(storage.join(args.workdir, "responses.md"),
                       f"# Layer responses (Figure 7)\n\n`{runner.command_line()}`\n\n"
                       f"Each 3x3 layer's output after BN, before the ReLU or the addition, over the {args.split} "
                       f"split ({n} images): the standard deviation per channel over every image and position, "

@@ -5,14 +5,13 @@ seed, and figures of the curves."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import statistics
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 
-from resnet_jax import plot
+from resnet_jax import plot, storage
 
 # ------------------------------------------------------------------------------------------------ runs
 
@@ -39,7 +38,7 @@ def trained_steps(run_dir: str) -> int:
     """The latest checkpointed step of a run (0 if it has none)."""
     from resnet_jax import checkpoint
 
-    if not os.path.isdir(checkpoint.checkpoint_dir(run_dir)):
+    if not storage.isdir(checkpoint.checkpoint_dir(run_dir)):
         return 0
     mngr = checkpoint.manager(run_dir, create=False)
     latest = mngr.latest_step()
@@ -73,17 +72,14 @@ def per_checkpoint(run_dir: str, name: str, measure: Callable) -> dict:
     rerun reads it back instead of measuring again."""
     from resnet_jax import checkpoint, evaluation
 
-    path = os.path.join(run_dir, name)
+    path = storage.join(run_dir, name)
     step = trained_steps(run_dir)
-    if os.path.exists(path):
-        with open(path) as f:
-            kept = json.load(f)
+    if storage.exists(path):
+        kept = json.loads(storage.read_text(path))
         if kept.get("step") == step:
             return kept
     kept = {"step": step, **measure(evaluation.Classifier(*checkpoint.load_checkpoint(run_dir, step)))}
-    with open(path + ".tmp", "w") as f:
-        json.dump(kept, f, indent=1)
-    os.replace(path + ".tmp", path)
+    storage.write_text(path, json.dumps(kept, indent=1))
     return kept
 
 
@@ -201,15 +197,12 @@ def plot_study(path: str, runs: Mapping[str, str], title: str, label: Callable[[
         plot.plot_runs([runs[r] for r in rs], "", title=name, ax=ax, labels=[label(r) for r in rs])
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    plot.save_figure(fig, path)
 
 
 def write_text(path: str, text: str) -> None:
-    """Write ``text`` atomically and print it."""
-    with open(path + ".tmp", "w") as f:
-        f.write(text)
-    os.replace(path + ".tmp", path)
+    """Write ``text`` atomically (locally or in a bucket) and print it."""
+    storage.write_text(path, text)
     print(text)
 
 

@@ -16,6 +16,7 @@ import argparse
 import json
 import os
 
+from resnet_jax import storage
 from resnet_jax.reproduce import imagenet, runner
 
 MODELS = ("plain34", "resnet34_A", "resnet34_B", "resnet34_C")
@@ -83,7 +84,7 @@ def reused_dir(imagenet_workdir: str | None, model: str, seed: int, config) -> s
     name, option = network(model)
     if not imagenet_workdir or option != "A":
         return None
-    path = os.path.join(imagenet_workdir, runner.run_name(name, seed))
+    path = storage.join(imagenet_workdir, runner.run_name(name, seed))
     theirs = stored_recipe(path)
     if theirs is None:
         return None
@@ -103,16 +104,16 @@ def run(args: argparse.Namespace) -> None:
     configs = {run: imagenet.imagenet_config(network(m)[0], d.dataset, d.steps, args.batch_size,
                                              args.on_device_data, s, args.steps_per_loop, shortcut=network(m)[1])
                for run, (m, s) in runs.items()}
-    dirs = {run: reused_dir(args.imagenet_workdir, m, s, configs[run]) or os.path.join(args.workdir, run)
+    dirs = {run: reused_dir(args.imagenet_workdir, m, s, configs[run]) or storage.join(args.workdir, run)
             for run, (m, s) in runs.items()}
     seconds = runner.train_all({dirs[run]: configs[run] for run in runs}, "shortcuts study")
     rows = runner.evaluated_rows(runs, dirs, d.steps, args.eval_batch_size)
-    runner.plot_study(os.path.join(args.workdir, "shortcuts.png"), dirs, imagenet.figure_title(d, args),
+    runner.plot_study(storage.join(args.workdir, "shortcuts.png"), dirs, imagenet.figure_title(d, args),
                       lambda run: runner.display_name(runs[run][0]))
     table = runner.error_table(rows, PAPER_TABLE3, "paper top-1 / top-5 10-crop (ImageNet)")
     claims = claims_text(rows)
-    reused = [f"`{dirs[run]}`" for run in runs if not dirs[run].startswith(os.path.join(args.workdir, ""))]
-    runner.write_text(os.path.join(args.workdir, "shortcuts.md"),
+    reused = [f"`{dirs[run]}`" for run in runs if not dirs[run].startswith(storage.join(args.workdir, ""))]
+    runner.write_text(storage.join(args.workdir, "shortcuts.md"),
                       f"# Shortcut options A, B and C (Table 3)\n\n`{runner.command_line()}`\n\n"
                       f"Data: {d.describe(args.batch_size)}, {imagenet.seeds_text(args.seeds)}; validation error of "
                       f"the last step." + (f" Reused from the ImageNet study: {', '.join(reused)}." if reused else "")

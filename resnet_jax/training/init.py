@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import jax
 import numpy as np
 
-from resnet_jax import checkpoint, models
+from resnet_jax import checkpoint, models, storage
 from resnet_jax.training.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -33,7 +33,7 @@ def load_init_from(config: ml_collections.ConfigDict, model: models.ResNet) -> d
     try:
         path = weights.pretrained_workdir(path)  # a weights file, a model folder, hf:<repo>: its cached conversion
         source, variables, info = checkpoint.load_checkpoint(path, step)
-    except (checkpoint.CheckpointError, weights.ConversionError) as e:
+    except (checkpoint.CheckpointError, weights.ConversionError, storage.StorageError) as e:
         raise ConfigError(f"init_from={spec!r}: {e}") from e
     if info["model"] != config.model:
         raise ConfigError(f"init_from={spec!r} holds a {info['model']}, but the config trains a {config.model}")

@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from resnet_jax import checkpoint, class_names, conv, data, models
+from resnet_jax import checkpoint, class_names, conv, data, models, storage
 from resnet_jax.mesh import AXIS
 from resnet_jax.training.errors import ConfigError
 from resnet_jax.training.init import load_init_from
@@ -89,6 +89,10 @@ def prepare(config: ml_collections.ConfigDict, workdir: str, mngr=None) -> Run:
     """Validate the config and workdir and read the data description. Raises ConfigError / DataError /
     CheckpointError with a message naming the problem; compiles nothing."""
     check_config(config)
+    if profile_steps(config) and storage.is_remote(workdir):
+        raise ConfigError(f"profile_steps: traces are written to local workdirs only (the profiler writes them "
+                          f"with its own file layer, which this project does not test with buckets), not to "
+                          f"{workdir}: profile with a local --workdir")
     verify = config.get("verify_images", False)
     train_source, eval_source = (data.get_source(config.dataset, split, config.data_dir, verify=verify,
                                                  image_size=config.image_size)

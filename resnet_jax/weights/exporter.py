@@ -14,12 +14,11 @@ Only what a layout can express is written; anything else is refused in one line 
 from __future__ import annotations
 
 import json
-import os
 from typing import Any
 
 import numpy as np
 
-from resnet_jax import models
+from resnet_jax import models, storage
 from resnet_jax.weights.layouts import ConversionError, torch_state_from_variables
 
 EXPORT_LAYOUTS = ("transformers", "timm")
@@ -156,10 +155,7 @@ def save_pretrained(model: models.ResNet, variables: dict, info: dict, folder: s
     files = {"model.safetensors": save(_state(model, variables, layout), metadata={"format": "pt"})}
     files.update({name: json.dumps(c, indent=2).encode() for name, c in _configs(model, info, layout).items()})
     files["README.md"] = model_card(model, info, layout).encode()
-    os.makedirs(folder, exist_ok=True)
-    for name, content in files.items():  # each file whole or not at all
-        path = os.path.join(folder, name)
-        with open(path + ".tmp", "wb") as f:
-            f.write(content)
-        os.replace(path + ".tmp", path)
+    folder = storage.resolve(folder, "output folder")
+    for name, content in files.items():  # each file whole or not at all, locally or in a bucket
+        storage.write_bytes(storage.join(folder, name), content)
     return sorted(files)

@@ -8,7 +8,8 @@ import json
 import os
 from typing import Any
 
-from resnet_jax import checkpoint
+from resnet_jax import checkpoint, storage
+from resnet_jax.cache import cache_dir
 from resnet_jax.weights.layouts import ConversionError
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
@@ -58,11 +59,37 @@ def _hub(spec: str) -> Files:
     return Files(spec, weights, config, preprocessor)
 
 
+def _download(spec: str) -> str:
+    """A weights file or saved model folder in a bucket, copied into the cache (whole files, re-fetched when
+    the object's size or generation changes); its local path."""
+    import hashlib
+
+    names = [n for n in (*WEIGHT_FILES, *CONFIG_FILES) if storage.exists(storage.join(spec, n))] \
+        if storage.isdir(spec) else None
+    sources = [storage.join(spec, n) for n in names] if names is not None else [spec]
+    if not (names or storage.exists(spec)):
+        raise ConversionError(f"{spec} does not exist{storage.missing_bucket(spec)} (expected a training workdir, "
+                              f"a weights file or a model folder)")
+    with storage.errors(spec, "cannot read"):
+        info = [storage.filesystem(spec).info(url) for url in sources]
+    key = "|".join(f"{url}:{i.get('size')}:{i.get('generation') or i.get('ETag') or i.get('mtime')}"
+                   for url, i in zip(sources, info))
+    target = os.path.join(cache_dir(), "downloads", hashlib.sha256(key.encode()).hexdigest()[:16])
+    local = [os.path.join(target, storage.basename(url)) for url in sources]
+    for url, path in zip(sources, local):
+        if not os.path.isfile(path):
+            storage.write_bytes(path, storage.read_bytes(url))
+    return target if names is not None else local[0]
+
+
 def locate(spec: str) -> Files:
     """The local files of ``spec``: ``hf:<repo>[@revision]``, a folder holding model.safetensors (or
-    pytorch_model.bin) and its configs, or a weights file alone (.safetensors, .pth, .th, .bin)."""
+    pytorch_model.bin) and its configs, or a weights file alone (.safetensors, .pth, .th, .bin); a folder or
+    file in a bucket is copied into the cache first."""
     if spec.startswith("hf:"):
         return _hub(spec)
+    if storage.is_remote(spec):
+        return dataclasses.replace(locate(_download(storage.resolve(spec, "weights"))), spec=spec)
     if os.path.isdir(spec):
         weights = next((os.path.join(spec, f) for f in WEIGHT_FILES if os.path.isfile(os.path.join(spec, f))), None)
         if weights is None:

@@ -3,12 +3,11 @@ state dicts."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 
 import numpy as np
 
-from resnet_jax import checkpoint, models, quiet
+from resnet_jax import checkpoint, models, quiet, storage
 from resnet_jax.class_names import imagenet_class_names, imagenet_names
 from resnet_jax.weights import files as files_lib
 from resnet_jax.weights.exporter import unsupported
@@ -82,8 +81,8 @@ def import_weights(source: str, workdir: str, model_name: str | None = None,
     meta = dict(model=arch["model"], model_options=options, num_classes=num_classes, class_names=list(names),
                 class_ids=ids or list(names), preprocessing=pre, dataset={}, step=0,
                 source=dict(framework="torch", layout=layout, classifier=bool(arch["num_classes"]),
-                            file=source if source.startswith("hf:") else os.path.abspath(source)))
-    if os.path.isdir(checkpoint.checkpoint_dir(workdir)) and os.listdir(checkpoint.checkpoint_dir(workdir)):
+                            file=source if source.startswith("hf:") else storage.resolve(source)))
+    if storage.listdir(checkpoint.checkpoint_dir(workdir)):
         raise ConversionError(f"{checkpoint.checkpoint_dir(workdir)} already holds checkpoints; use a new --workdir")
     with quiet.library_warnings():  # Orbax's warning that a step without metrics cannot rank as the best
         mngr = checkpoint.manager(workdir, async_save=False)
@@ -108,5 +107,9 @@ def export_torch(workdir: str, output: str, step: int | str = "latest",
     if why:  # it would load with strict=True and compute another function, or not load at all
         raise ConversionError(f"cannot write {info['model']} in the torchvision layout: {why}")
     state = torch_state_from_variables(variables, layout)
-    torch.save({k: torch.from_numpy(v.copy()) for k, v in state.items()}, output)
+    import io
+
+    buffer = io.BytesIO()
+    torch.save({k: torch.from_numpy(v.copy()) for k, v in state.items()}, buffer)
+    storage.write_bytes(storage.resolve(output, "--output"), buffer.getvalue())  # whole, locally or in a bucket
     return state

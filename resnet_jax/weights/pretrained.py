@@ -16,7 +16,7 @@ import re
 import shutil
 import tempfile
 
-from resnet_jax import checkpoint
+from resnet_jax import checkpoint, storage
 from resnet_jax.cache import cache_dir
 from resnet_jax.weights import files as files_lib
 from resnet_jax.weights.importer import import_weights
@@ -34,7 +34,8 @@ def _entry(found: files_lib.Files) -> str:
 def pretrained_workdir(source: str) -> str:
     """A checkpoint workdir for ``source``: itself for a training (or converted) workdir, else the cached
     conversion of ``hf:<repo>[@rev]``, a weights file or a saved model folder (converted on first use)."""
-    if os.path.isdir(checkpoint.checkpoint_dir(source)):
+    checkpoints_here = storage.scheme(source) in (None, *storage.CHECKPOINT_SCHEMES)
+    if checkpoints_here and storage.isdir(checkpoint.checkpoint_dir(source)):
         return source
     found = files_lib.locate(source)
     target = os.path.join(cache_dir(), _entry(found))
