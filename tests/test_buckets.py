@@ -152,6 +152,7 @@ def test_kill_9_in_the_middle_of_a_save_to_a_bucket_resumes_bitwise(gcs, tiny, t
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
     killed_at = None
     while proc.poll() is None and killed_at is None:
+        time.sleep(0.05)  # a save writes dozens of objects; polling without a pause would starve the run
         killed_at = partial_step(workdir)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
@@ -239,3 +240,25 @@ def test_a_checkpoint_url_resolves_without_a_local_stand_in(gcs, tmp_path, monke
     monkeypatch.chdir(tmp_path)
     assert checkpoint.checkpoint_dir("gs://b/x/") == "gs://b/x/checkpoints"
     assert checkpoint.checkpoint_dir("run") == str(tmp_path / "run" / "checkpoints")
+
+
+def test_a_tfds_dataset_in_a_bucket_is_found_and_described_there(gcs, tmp_path_factory, tmp_path, monkeypatch):
+    """``--config.data_dir=gs://...``: TFDS finds the prepared dataset in the bucket (through etils.epath and
+    gcsfs) with its splits and classes, and nothing is written locally. Its records are then read by TensorFlow's
+    own GCS client, which has no endpoint setting, so that part is not reachable from a local server (the test
+    shows that it asks storage.googleapis.com, not a local path)."""
+    pytest.importorskip("tensorflow_datasets")
+    from resnet_jax import data
+    from tests.test_data import TinyImages
+
+    local = str(tmp_path_factory.mktemp("tfds"))
+    TinyImages(data_dir=local).download_and_prepare()
+    bucket_dir = fresh_url("tfds")
+    storage.filesystem(bucket_dir).put(f"{local}/", bucket_dir, recursive=True)
+    monkeypatch.chdir(tmp_path)
+    here, there = (data.get_source("tiny_images", "test", data_dir=d) for d in (local, bucket_dir))
+    assert (there.num_examples, there.class_names) == (here.num_examples, here.class_names) == (7, ["a", "b", "c"])
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.setenv("GCS_RETRY_CONFIG_MAX_RETRIES", "0")  # TensorFlow's client: fail at once, not after retries
+    with pytest.raises(Exception, match=rf"storage.googleapis.com.*\n?.*{bucket_dir}/tiny_images/1.0.0"):
+        next(data.eval_batches(there, 4, "cifar", 32, process_index=0, process_count=1))

@@ -77,47 +77,70 @@ def test_tiny_imagenet_trains_and_predicts_in_class_names(tiny_imagenet_root, tm
 
 
 @pytest.mark.slow
-def test_imagenet_study_trains_evaluates_and_writes_figure_4_and_table_2(tiny_imagenet_root, tmp_path):
+def test_imagenet_and_shortcuts_studies_train_evaluate_and_write_their_tables(tiny_imagenet_root, tmp_path):
     """``reproduce imagenet`` on 3 real classes for 24 steps, with the two 18-layer networks (the 34-layer ones
     run the same code at twice the compile time; the study's run in docs/imagenet.md trained all four): plain-18
     and ResNet-18 (option A) train through the normal code, are evaluated center and 10-crop, and the figure and
-    table are written; a rerun skips the trained models and their evaluation. The claims, which need the 34-layer
-    nets, have their own test below."""
+    table are written; a rerun skips the trained models and their evaluation. Then ``reproduce shortcuts`` on the
+    same data and budget reuses those two as plain-18 and option A, trains options B and C, and writes Table 3
+    with its claims and figure; a rerun skips everything. The claims, which need the 34-layer nets, have their own
+    tests below."""
     from resnet_jax import reproduce
 
     models = ["plain18", "resnet18"]
-    args = ["imagenet", f"--dataset=folder:{tiny_imagenet_root}", "--classes=3", "--steps=24", "--batch_size=16",
-            f"--models={','.join(models)}", f"--workdir={tmp_path}"]
+    common = [f"--dataset=folder:{tiny_imagenet_root}", "--classes=3", "--steps=24", "--batch_size=16"]
+    studies = tmp_path / "imagenet"
+    args = ["imagenet", *common, f"--models={','.join(models)}", f"--workdir={studies}"]
     reproduce.main(args)
-    table = (tmp_path / "imagenet.md").read_text()
+    table = (studies / "imagenet.md").read_text()
     for name in ("plain-18", "ResNet-18"):
         assert f"| {name} |" in table, table
     assert "top-1 center" in table and "top-1 10-crop" in table and "| 27.94 % |" in table
     assert "3 classes, 600 training and 150 validation images" in table
-    assert (tmp_path / "imagenet.png").stat().st_size > 5000
+    assert (studies / "imagenet.png").stat().st_size > 5000
     for model in models:
-        evaluation = json.loads((tmp_path / model / "evaluation.json").read_text())
+        evaluation = json.loads((studies / model / "evaluation.json").read_text())
         assert evaluation["step"] == 24 and evaluation["10"]["num_examples"] == 150
         assert evaluation["center"]["view"] == "center crop" and evaluation["10"]["view"] == "10-crop"
-        _, _, info = checkpoint.load_checkpoint(str(tmp_path / model))
+        _, _, info = checkpoint.load_checkpoint(str(studies / model))
         assert info["num_classes"] == 3 and info["class_names"][0] == "goldfish"
         assert info["model_options"].get("shortcut") == ("A" if model == "resnet18" else None)  # plain: none
-        rows = [json.loads(line) for line in (tmp_path / model / "metrics.jsonl").read_text().splitlines()]
+        rows = [json.loads(line) for line in (studies / model / "metrics.jsonl").read_text().splitlines()]
         losses = [r["train_loss"] for r in rows if "train_loss" in r]
         assert len(losses) >= 4 and all(np.isfinite(losses))
-    mtimes = {m: (tmp_path / m / "evaluation.json").stat().st_mtime for m in models}
+    mtimes = {m: (studies / m / "evaluation.json").stat().st_mtime for m in models}
     reproduce.main(args)  # finished models and their evaluations are skipped
-    assert mtimes == {m: (tmp_path / m / "evaluation.json").stat().st_mtime for m in models}
+    assert mtimes == {m: (studies / m / "evaluation.json").stat().st_mtime for m in models}
     # A second seed of one model, added later: seed 0 is kept, seed 1 trains from its own initial weights.
     reproduce.main([a for a in args if not a.startswith("--models")] + ["--models=resnet18", "--seeds=2"])
-    assert mtimes["resnet18"] == (tmp_path / "resnet18" / "evaluation.json").stat().st_mtime
-    table = (tmp_path / "imagenet.md").read_text()
+    assert mtimes["resnet18"] == (studies / "resnet18" / "evaluation.json").stat().st_mtime
+    table = (studies / "imagenet.md").read_text()
     assert "2 seeds (0-1)" in table and "| ResNet-18 | 18 | " in table and " ± " in table, table
-    _, _, info = checkpoint.load_checkpoint(str(tmp_path / "resnet18-seed1"))
+    _, _, info = checkpoint.load_checkpoint(str(studies / "resnet18-seed1"))
     assert info["config"]["seed"] == 1
-    first, second = ([e["train_loss"] for e in plot.read_metrics(str(tmp_path / run)) if "train_loss" in e]
+    first, second = ([e["train_loss"] for e in plot.read_metrics(str(studies / run)) if "train_loss" in e]
                      for run in ("resnet18", "resnet18-seed1"))
     assert len(first) == len(second) >= 4 and first != second
+
+    shortcuts = tmp_path / "shortcuts"
+    args = ["shortcuts", *common, "--models=plain18,resnet18_A,resnet18_B,resnet18_C", f"--workdir={shortcuts}",
+            f"--imagenet_workdir={studies}"]
+    reproduce.main(args)
+    assert not (shortcuts / "plain18").exists() and not (shortcuts / "resnet18_A").exists()  # reused
+    table = (shortcuts / "shortcuts.md").read_text()
+    for row in ("| plain-18 | 18 |", "| ResNet-18 A | 18 |", "| ResNet-18 B | 18 |", "| ResNet-18 C | 18 |"):
+        assert row in table, table
+    assert f"Reused from the ImageNet study: `{studies / 'plain18'}`, `{studies / 'resnet18'}`" in table, table
+    for claim in ("ResNet-18 A vs plain-18", "ResNet-18 B vs ResNet-18 A", "ResNet-18 C vs ResNet-18 B"):
+        assert claim in table, table
+    assert (shortcuts / "shortcuts.png").stat().st_size > 5000
+    for option in "BC":
+        _, _, info = checkpoint.load_checkpoint(str(shortcuts / f"resnet18_{option}"))
+        assert info["model_options"]["shortcut"] == option and info["config"]["num_train_steps"] == 24
+    mtimes = {p: p.stat().st_mtime for p in tmp_path.rglob("evaluation.json")}
+    assert len(mtimes) == 5  # plain18, resnet18, resnet18-seed1 of the ImageNet study; B and C
+    reproduce.main(args)
+    assert mtimes == {p: p.stat().st_mtime for p in tmp_path.rglob("evaluation.json")}
 
 
 def test_the_imagenet_study_subset_keeps_the_first_classes_and_their_labels(tmp_path):
@@ -186,34 +209,6 @@ def test_loss_curves_show_chance(tmp_path):
     output = tmp_path / "loss.png"
     plot.main([str(tmp_path), "--metric=loss", "--classes=200", f"--output={output}"])
     assert output.stat().st_size > 0
-
-
-@pytest.mark.slow
-def test_shortcuts_study_reuses_the_imagenet_runs_and_writes_table_3(tiny_imagenet_root, tmp_path):
-    """``reproduce shortcuts`` on 3 real classes (18-layer nets for speed; the study's default is the paper's 34):
-    the ImageNet study's plain net is reused where its recipe is the same, options B and C are trained, evaluated
-    center and 10-crop, and Table 3 with its claims and the figure are written; a rerun skips everything."""
-    from resnet_jax import reproduce
-
-    common = [f"--dataset=folder:{tiny_imagenet_root}", "--classes=3", "--steps=6", "--batch_size=16"]
-    reproduce.main(["imagenet", *common, "--models=plain18", f"--workdir={tmp_path / 'imagenet'}"])
-    args = ["shortcuts", *common, "--models=plain18,resnet18_B,resnet18_C", f"--workdir={tmp_path / 'shortcuts'}",
-            f"--imagenet_workdir={tmp_path / 'imagenet'}"]
-    reproduce.main(args)
-    assert not (tmp_path / "shortcuts" / "plain18").exists()  # reused, not trained again
-    table = (tmp_path / "shortcuts" / "shortcuts.md").read_text()
-    for row in ("| plain-18 | 18 |", "| ResNet-18 B | 18 |", "| ResNet-18 C | 18 |"):
-        assert row in table, table
-    assert f"Reused from the ImageNet study: `{tmp_path / 'imagenet' / 'plain18'}`" in table
-    assert "ResNet-18 C vs ResNet-18 B" in table and "ResNet-18 B vs ResNet-18 A" not in table
-    assert (tmp_path / "shortcuts" / "shortcuts.png").stat().st_size > 5000
-    for option in "BC":
-        _, _, info = checkpoint.load_checkpoint(str(tmp_path / "shortcuts" / f"resnet18_{option}"))
-        assert info["model_options"]["shortcut"] == option and info["config"]["num_train_steps"] == 6
-    mtimes = {p: p.stat().st_mtime for p in tmp_path.rglob("evaluation.json")}
-    assert len(mtimes) == 3
-    reproduce.main(args)
-    assert mtimes == {p: p.stat().st_mtime for p in tmp_path.rglob("evaluation.json")}
 
 
 def test_the_shortcuts_study_judges_table_3s_readings_at_every_depth(tmp_path):
