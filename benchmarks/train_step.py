@@ -234,7 +234,8 @@ def main() -> None:
         if "speedup_vs_" in key:
             name, baseline = key.split("speedup_vs_")
             print(f"{(name.rstrip('_') or 'ours')} / {baseline}: {value:.2f}x")
-    host = f", {result['cpu_model']} (cpu family {result['cpu_family']})" if device.platform == "cpu" else ""
+    host = (f", {result['cpu_model']} (cpu family {result['cpu_family']}, model {result['cpu_model_number']}, "
+            f"AVX-512 {'yes' if result['avx512'] else 'no'})" if device.platform == "cpu" else "")
     print(f"GFLOPs/image {result['flops_per_image'] / 1e9:.2f}  device {device.device_kind}{host}")
     common.write(result, args.output)
 
