@@ -135,10 +135,10 @@ def logged_evaluation(workdir: str | None, step: int | None) -> dict:
         kept = json.loads(storage.read_text(path))
         if kept.get("step") == step:
             return {k: v for k, v in kept.items() if isinstance(v, dict)}
-    if not storage.exists(storage.join(workdir, "metrics.jsonl")):
+    try:
+        rows = plot.read_metrics(workdir)
+    except FileNotFoundError:
         return {}
-
-    rows = plot.read_metrics(workdir)
     row = next((r for r in reversed(rows) if r.get("step") == step and "eval_top1_error" in r), None)
     return {} if row is None else {"validation": {"view": "validation, as logged in training",
                                                   "top1_error": row["eval_top1_error"],

@@ -35,6 +35,11 @@ class StorageError(ValueError):
     write. The message is one line naming the URL."""
 
 
+def one_line(error: BaseException | str, limit: int = 300) -> str:
+    """An error's text on one line, at most ``limit`` characters (HTTP clients' errors span many lines)."""
+    return " ".join(str(error).split())[:limit]
+
+
 def scheme(path: str) -> str | None:
     """``"gs"`` for ``gs://b/x``, None for a local path."""
     m = _URL.match(str(path))
@@ -153,7 +158,7 @@ def errors(path: str, doing: str) -> Iterator[None]:
     except (FileNotFoundError, StorageError):
         raise
     except Exception as e:  # gcsfs/s3fs/aiohttp/google-auth errors: name the URL in one line
-        why = " ".join(str(e).split())[:300] or type(e).__name__
+        why = one_line(e) or type(e).__name__
         raise StorageError(f"{doing} {path}: {why}") from e
 
 
@@ -261,7 +266,10 @@ def append_text(path: str, text: str) -> None:
         with open(path, "a") as f:
             f.write(text)
         return
-    old = read_text(path) if exists(path) else ""
+    try:
+        old = read_text(path)
+    except FileNotFoundError:
+        old = ""
     write_text(path, old + text)
 
 

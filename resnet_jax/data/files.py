@@ -25,7 +25,7 @@ def image_problem(path: str, decode: bool = False, content: bytes | Exception | 
     it fully with PIL, which also finds truncated and corrupt files. ``content``: its bytes, already fetched
     (the whole file with ``decode``, else at least its first 8)."""
     if isinstance(content, Exception):
-        return f"unreadable ({' '.join(str(content).split())[:200]})"
+        return f"unreadable ({storage.one_line(content, 200)})"
     if content is None:
         with open(path, "rb") as f:
             head = f.read(8)
@@ -43,14 +43,16 @@ def image_problem(path: str, decode: bool = False, content: bytes | Exception | 
 
 def image_problems(paths: Sequence[str], decode: bool = False) -> list[str | None]:
     """``image_problem`` of many files (in a bucket, their bytes fetched together; decoding in threads)."""
+    contents = fetched(paths, None if decode else 8)
+    if not decode:  # the leading bytes only: nothing to decode in threads
+        return [image_problem(p, False, c) for p, c in zip(paths, contents)]
     from concurrent.futures import ThreadPoolExecutor
 
-    contents = _fetched(paths, None if decode else 8)
-    with ThreadPoolExecutor(min(16, os.cpu_count() or 1) if decode else 1) as pool:
-        return list(pool.map(lambda i: image_problem(paths[i], decode, contents[i]), range(len(paths))))
+    with ThreadPoolExecutor(min(16, os.cpu_count() or 1)) as pool:
+        return list(pool.map(lambda i: image_problem(paths[i], True, contents[i]), range(len(paths))))
 
 
-def _fetched(paths: Sequence[str], end: int | None = None) -> list[bytes | Exception | None]:
+def fetched(paths: Sequence[str], end: int | None = None) -> list[bytes | Exception | None]:
     """The files' bytes where they are in a bucket (fetched together), else None for each (read where decoded)."""
     if not any(storage.is_remote(p) for p in paths):
         return [None] * len(paths)
@@ -67,7 +69,7 @@ def _read_rgb(path: str, content: bytes | Exception | None = None) -> np.ndarray
     from PIL import Image
 
     if isinstance(content, Exception):
-        raise DataError(f"cannot read image {path}: {' '.join(str(content).split())[:300]}")
+        raise DataError(f"cannot read image {path}: {storage.one_line(content)}")
     try:
         with Image.open(io.BytesIO(content) if content is not None else path) as image:
             return np.asarray(image.convert("RGB"))
@@ -91,7 +93,7 @@ def decode_files(paths: Sequence[str], image_size: int | None = None) -> np.ndar
     or zero-padded to it (the ``cifar`` view); without, all must have one size. Errors name the file."""
     from concurrent.futures import ThreadPoolExecutor
 
-    contents = _fetched(paths)
+    contents = fetched(paths)
     with ThreadPoolExecutor(min(16, os.cpu_count() or 1)) as pool:
         images = list(pool.map(lambda i: _read_rgb(paths[i], contents[i]), range(len(paths))))
     if image_size is not None:
@@ -151,7 +153,7 @@ def eval_views(paths: Sequence[str], preset: str, image_size: int, resize_size: 
     """``eval_view`` of many files, in threads."""
     from concurrent.futures import ThreadPoolExecutor
 
-    contents = _fetched(paths)
+    contents = fetched(paths)
     with ThreadPoolExecutor(min(16, os.cpu_count() or 1)) as pool:
         return np.stack(list(pool.map(lambda i: eval_view(paths[i], preset, image_size, resize_size, contents[i]),
                                       range(len(paths)))))

@@ -10,7 +10,7 @@ import numpy as np
 from resnet_jax import storage
 from resnet_jax.data.backend import decode, has_tensorflow, resize, tensorflow, to_uint8
 from resnet_jax.data.errors import DataError
-from resnet_jax.data.files import decode_files, eval_views
+from resnet_jax.data.files import decode_files, eval_views, fetched
 from resnet_jax.data.geometry import center_resize, ten_crop_boxes
 
 # ImageNet statistics in [0, 255] (per channel) and the PCA of its RGB pixels (AlexNet [21], Sec. 3.4).
@@ -115,15 +115,13 @@ def decode_images(files: Sequence[str], preset: str, image_size: int, resize_siz
     if not has_tensorflow():
         return eval_views(files, preset, image_size, resize_size)
     tf = tensorflow()
-    remote = any(storage.is_remote(p) for p in files)
-    contents = storage.read_many(list(files)) if remote else [None] * len(files)
     out = []
-    for path, content in zip(files, contents):
+    for path, content in zip(files, fetched(files)):
         try:
             if isinstance(content, Exception):
                 raise content
             encoded = tf.io.read_file(path) if content is None else tf.constant(content)
             out.append(eval_preprocess(encoded, preset, image_size, resize_size).numpy())
         except Exception as e:
-            raise DataError(f"cannot read image {path}: {' '.join(str(e).split())[:300]}") from e
+            raise DataError(f"cannot read image {path}: {storage.one_line(e)}") from e
     return np.stack(out)

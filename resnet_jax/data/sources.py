@@ -26,7 +26,7 @@ def read_group(paths: np.ndarray) -> np.ndarray:
     contents = storage.read_many(names)
     for name, content in zip(names, contents):
         if isinstance(content, Exception):
-            raise DataError(f"cannot read image {name}: {' '.join(str(content).split())[:300]}")
+            raise DataError(f"cannot read image {name}: {storage.one_line(content)}")
     return np.array(contents, dtype=object)
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import functools
 import json
 import logging
 import os
@@ -140,7 +141,9 @@ class BucketLease:
         self.stopped = threading.Event()
         self.thread: threading.Thread | None = None
 
-    def _blob(self):
+    @functools.cached_property
+    def blob(self):
+        """The lease object (one client for the take, every renewal and the release)."""
         from google.cloud import storage as gcs
 
         bucket, _, key = self.url.split("://", 1)[1].partition("/")
@@ -149,7 +152,7 @@ class BucketLease:
     def acquire(self) -> BucketLease:
         from google.api_core import exceptions
 
-        blob = self._blob()
+        blob = self.blob
         with storage.errors(self.url, "cannot take the run lock"):
             try:
                 holder, generation = json.loads(blob.download_as_bytes() or b"{}"), blob.generation
@@ -174,7 +177,7 @@ class BucketLease:
     def _write(self, generation: int, what: str) -> None:
         from google.api_core import exceptions
 
-        blob = self._blob()
+        blob = self.blob
         try:
             with storage.errors(self.url, f"cannot {what} the run lock"):
                 blob.upload_from_string(json.dumps(self.record), content_type="application/json",
@@ -205,7 +208,7 @@ class BucketLease:
         if self.thread is not None:
             self.thread.join(timeout=30)
         with contextlib.suppress(Exception):
-            self._blob().delete(if_generation_match=self.generation)
+            self.blob.delete(if_generation_match=self.generation)
         self.generation = None
 
     def __enter__(self) -> BucketLease:
