@@ -5,6 +5,12 @@ import json
 import os
 import platform
 
+from resnet_jax import host_memory
+
+# Every benchmark's process sets the allocator as train.py and evaluate.py do (before JAX starts its threads), for
+# every framework it times: RESNET_JAX_MALLOC=0 measures with glibc's defaults instead.
+MALLOC = host_memory.keep_freed_memory()
+
 
 def cpu_model() -> dict:
     """The CPU as ``lscpu`` names it: model name, family and model (AMD family 25 is Zen 3 at model 0-15 and Zen 4
@@ -33,7 +39,8 @@ def environment() -> dict:
     device = jax.devices()[0]
     return dict(device_kind=device.device_kind, platform=device.platform, num_devices=jax.device_count(),
                 jax_version=jax.__version__, cores=os.cpu_count(), **cpu_model(),
-                xla_flags=os.environ.get("XLA_FLAGS", ""), date=datetime.date.today().isoformat())
+                xla_flags=os.environ.get("XLA_FLAGS", ""), malloc=MALLOC or "glibc default",
+                date=datetime.date.today().isoformat())
 
 
 def write(result: dict, path: str | None) -> None:

@@ -12,6 +12,8 @@ import argparse
 import json
 import sys
 
+from resnet_jax import host_memory
+
 
 def parse(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -121,6 +123,7 @@ def main(argv=None) -> int:
 
 def run() -> None:
     """The command (``resnet-jax-evaluate``)."""
+    host_memory.keep_freed_memory()  # before JAX starts its threads
     sys.exit(main())
 
 

@@ -20,6 +20,8 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
+from resnet_jax import host_memory
+
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "a packaged config or a config file, then :<model>, e.g. "
                                 "cifar10:cifar_resnet20 or resnet_jax/configs/cifar10.py:cifar_resnet20",
@@ -115,6 +117,7 @@ def run() -> None:
     """The command (``resnet-jax-train``)."""
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, stop_during_start_up)
+    host_memory.keep_freed_memory()  # before JAX starts its threads
     app.run(main, flags_parser=parse_flags)
 
 
