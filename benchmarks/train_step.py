@@ -17,6 +17,7 @@ multiply-adds of Table 1's count) and MFU where the device's peak is known.
 
 import argparse
 import functools
+import resource
 import statistics
 import sys
 import time
@@ -181,6 +182,8 @@ def main() -> None:
     p.add_argument("--num_classes", type=int, default=1000)
     p.add_argument("--dtype", default="float32")
     p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=3,
+                   help="untimed steps per runner first (the allocator's heap grows over the first few)")
     p.add_argument("--scan", action="store_true")
     p.add_argument("--remat", action="store_true")
     p.add_argument("--on_device_data", action="store_true", help="draw batches from a device-resident train set")
@@ -201,11 +204,15 @@ def main() -> None:
     if args.reference:
         runners["reference"] = reference(args)
     times = {name: [] for name in runners}
+    faults = {name: 0 for name in runners}  # minor page faults in the timed steps (memory mapped afresh)
     for run, *_ in runners.values():
-        timed(run)  # warm-up
+        for _ in range(args.warmup):
+            timed(run)
     for _ in range(args.steps):
         for name, (run, *_) in runners.items():
+            before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
             times[name].append(timed(run)[1])
+            faults[name] += resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
     device = jax.devices()[0]
     result = dict(model=args.model, batch_size=args.batch_size, image_size=args.image_size, dtype=args.dtype,
                   scan=args.scan, remat=args.remat, on_device_data=args.on_device_data, conv_impl=args.conv_impl,
@@ -216,7 +223,8 @@ def main() -> None:
         median = statistics.median(times[name]) / steps_per_call
         result.update({f"{prefix}step_seconds_median": median,
                        f"{prefix}images_per_second": args.batch_size / median,
-                       f"{prefix}compile_seconds": compile_seconds})
+                       f"{prefix}compile_seconds": compile_seconds,
+                       f"{prefix}page_faults_per_step": faults[name] / args.steps})
         if name.startswith("ours"):
             result["flops_per_image"] = fpi
             peak = PEAK_FLOPS.get((device.device_kind, args.dtype))
@@ -227,10 +235,10 @@ def main() -> None:
                 if name.startswith("ours"):
                     result[f"{prefixes[name]}speedup_vs_{baseline}"] = (
                         result[f"{prefixes[name]}images_per_second"] / result[f"{baseline}_images_per_second"])
-    print(f"{'':<14} {'images/s':>9} {'step s':>8} {'compile s':>10}")
+    print(f"{'':<14} {'images/s':>9} {'step s':>8} {'compile s':>10} {'faults/step':>12}")
     for name, prefix in prefixes.items():
         print(f"{name:<14} {result[prefix + 'images_per_second']:9.2f} {result[prefix + 'step_seconds_median']:8.3f} "
-              f"{result[prefix + 'compile_seconds']:10.1f}")
+              f"{result[prefix + 'compile_seconds']:10.1f} {result[prefix + 'page_faults_per_step']:12.0f}")
     for key, value in result.items():
         if "speedup_vs_" in key:
             name, baseline = key.split("speedup_vs_")

@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 
 # mallopt's parameters (glibc's malloc.h)
 M_TRIM_THRESHOLD, M_MMAP_MAX, M_ARENA_MAX = -1, -4, -8
-KEEP = 2**31 - 1  # mallopt takes an int: give memory back only when 2 GiB at the heap's top are free
+KEEP = -1  # mallopt takes an int; glibc reads this one as a size_t: (size_t) -1, never give memory back
 
 
 def accelerator_plugins() -> list[str]:
