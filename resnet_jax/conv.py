@@ -224,6 +224,25 @@ def _onednn_for_auto() -> bool:
     return reason is None
 
 
+@functools.cache
+def cpu_bf16() -> bool:
+    """Whether this CPU has bf16 arithmetic (AVX512-BF16 or AMX), as /proc/cpuinfo lists it."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+@functools.cache
+def _say_bf16_runs_xla() -> None:
+    """One line per process: bfloat16 on a CPU computes its convolutions with XLA (oneDNN's are float32 here)."""
+    cpu = "this CPU has bf16 arithmetic" if cpu_bf16() else "this CPU has no bf16 arithmetic (AVX512-BF16, AMX)"
+    log.warning("dtype=bfloat16 on the CPU: convolutions run as XLA's, not oneDNN's (float32 only); %s, so float32 "
+                "is usually the faster choice", cpu)
+
+
 def plan_for(impl: str, shape: Sequence[int], kernel_shape: Sequence[int], stride: int,
              dtype: Any = jnp.float32) -> Plan | None:
     """The plan of one convolution (None: plain XLA with JAX's gradients, as off CPUs). ``auto`` uses oneDNN's
@@ -235,6 +254,8 @@ def plan_for(impl: str, shape: Sequence[int], kernel_shape: Sequence[int], strid
     if not cpu:
         return None if impl in ("auto", "xla") else Plan(impl, impl, impl)
     fp32 = jnp.dtype(dtype) == jnp.float32
+    if impl == "auto" and jnp.dtype(dtype) == jnp.bfloat16:
+        _say_bf16_runs_xla()
     if impl == "auto" or (impl == "onednn" and _PORTABLE.get()):
         native = fp32 and not _PORTABLE.get() and _traced_per_device() and _onednn_for_auto()
         return cpu_plan(shape, kernel_shape, stride, with_onednn=native)

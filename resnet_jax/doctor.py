@@ -17,6 +17,8 @@ import sys
 from collections.abc import Sequence
 from importlib import metadata
 
+from resnet_jax import host_memory
+
 PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy", "tensorflow-cpu", "tensorflow",
             "tensorflow-datasets", "torch", "onednn-cpu-gomp")
 PLUGINS = ("jax-cuda12-plugin", "jax-cuda12-pjrt", "jax-cuda13-plugin", "jax-cuda13-pjrt", "jax-rocm-plugin")
@@ -60,6 +62,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             reason = onednn.unavailable()
             print(f"convolutions: {'oneDNN (conv_impl=auto)' if reason is None else 'XLA/im2col: ' + reason}")
+            kept = host_memory.left_as_is()
+            print(f"host memory: {'freed memory kept for the next step' if kept is None else 'glibc default: ' + kept}")
     except Exception as e:  # a broken install: say so rather than a traceback
         problems.append(f"JAX does not start: {type(e).__name__}: {e}")
         backend = None

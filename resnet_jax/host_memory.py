@@ -54,19 +54,32 @@ def computes_on_cpu() -> bool:
     return not accelerator_plugins()
 
 
+SETTINGS = {"M_ARENA_MAX": (M_ARENA_MAX, 1), "M_MMAP_MAX": (M_MMAP_MAX, 0),
+            "M_TRIM_THRESHOLD": (M_TRIM_THRESHOLD, KEEP)}
+
+
+def left_as_is() -> str | None:
+    """Why :func:`keep_freed_memory` leaves this process's allocator as it is (None: it sets it)."""
+    if os.environ.get("RESNET_JAX_MALLOC", "1") == "0":
+        return "turned off by RESNET_JAX_MALLOC=0"
+    if "glibc.malloc" in os.environ.get("GLIBC_TUNABLES", ""):
+        return "GLIBC_TUNABLES sets it"
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return "not glibc"
+    if not computes_on_cpu():
+        return "JAX computes on an accelerator"
+    return None
+
+
 def keep_freed_memory() -> str | None:
-    """Sets glibc's allocator to keep freed memory for reuse (one arena, no ``mmap``) when this process computes on
-    the CPU; returns what was set, or None (see the module's docstring for when it does nothing)."""
-    if os.environ.get("RESNET_JAX_MALLOC", "1") == "0" or "glibc.malloc" in os.environ.get("GLIBC_TUNABLES", ""):
-        return None
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc" or not computes_on_cpu():
+    """Sets glibc's allocator to keep freed memory for reuse (one arena, no ``mmap``, no trimming) when this
+    process computes on the CPU; returns what was set, or None (:func:`left_as_is` says why)."""
+    if left_as_is() is not None:
         return None
     try:
         mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError):
         return None
-    settings = {"M_ARENA_MAX": (M_ARENA_MAX, 1), "M_MMAP_MAX": (M_MMAP_MAX, 0),
-                "M_TRIM_THRESHOLD": (M_TRIM_THRESHOLD, KEEP)}
-    done = [name for name, (param, value) in settings.items() if mallopt(param, value) == 1]
+    done = [name for name, (param, value) in SETTINGS.items() if mallopt(param, value) == 1]
     log.debug("glibc malloc: %s", ", ".join(done))
-    return ", ".join(f"{name}={settings[name][1]}" for name in done) or None
+    return ", ".join(f"{name}={SETTINGS[name][1]}" for name in done) or None

@@ -103,6 +103,18 @@ def test_auto_is_xla_off_cpu_and_planned_on_cpu(monkeypatch):
         models.create_model("resnet18", conv_impl="fast")
 
 
+def test_bfloat16_on_the_cpu_says_once_that_its_convolutions_are_xlas(caplog):
+    conv._say_bf16_runs_xla.cache_clear()
+    with caplog.at_level("WARNING", logger="resnet_jax.conv"):
+        for _ in range(3):
+            plan = conv.plan_for("auto", (8, 32, 32, 16), (3, 3, 16, 16), 1, jnp.bfloat16)
+        conv.plan_for("auto", (8, 32, 32, 16), (3, 3, 16, 16), 1)
+    assert plan == conv.Plan("xla", "xla", "shifted")
+    lines = [r.getMessage() for r in caplog.records if "bfloat16" in r.getMessage()]
+    assert len(lines) == 1 and "not oneDNN's" in lines[0]
+    assert ("has no bf16 arithmetic" in lines[0]) is not conv.cpu_bf16()
+
+
 @pytest.mark.parametrize("stride,size", [(1, 3), (2, 3), (2, 7), (2, 1)])
 def test_xla_gradients_stay_in_xla_cpu_fast_form_inside_a_loop(stride, size):
     """XLA:CPU leaves JAX's transposed gradient convolutions alone inside a while loop and runs them 10-60x

@@ -129,7 +129,7 @@ def test_doctor_reports_versions_and_refuses_mismatches(capsys):
 
     assert doctor.main([]) == 0
     out = capsys.readouterr().out
-    assert "jaxlib" in out and "backend cpu" in out
+    assert "jaxlib" in out and "backend cpu" in out and "host memory: " in out
     assert doctor.main(["--expect=gpu"]) == 1
     assert "error: expected a gpu backend, JAX found cpu" in capsys.readouterr().err
     problems = doctor.plugin_problems({"jaxlib": "0.10.1", "jax-cuda12-plugin": "0.10.2", "jax-cuda12-pjrt": "0.10.1"})

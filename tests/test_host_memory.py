@@ -61,10 +61,11 @@ def test_turned_off_by_the_environment_or_left_to_glibc_tunables(monkeypatch):
     monkeypatch.setenv("JAX_PLATFORMS", "cpu")
     monkeypatch.setenv("RESNET_JAX_MALLOC", "0")
     assert host_memory.keep_freed_memory() is None
+    assert host_memory.left_as_is() == "turned off by RESNET_JAX_MALLOC=0"
     assert faults_per_call("keep", RESNET_JAX_MALLOC="0")["set"] is None
     monkeypatch.delenv("RESNET_JAX_MALLOC")
     monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.arena_max=4")
-    assert host_memory.keep_freed_memory() is None
+    assert host_memory.keep_freed_memory() is None and host_memory.left_as_is() == "GLIBC_TUNABLES sets it"
 
 
 def test_only_processes_that_compute_on_the_cpu(monkeypatch):
@@ -75,4 +76,4 @@ def test_only_processes_that_compute_on_the_cpu(monkeypatch):
     monkeypatch.delenv("JAX_PLATFORMS")
     assert host_memory.computes_on_cpu() is (not host_memory.accelerator_plugins())
     monkeypatch.setenv("JAX_PLATFORMS", "cuda")
-    assert host_memory.keep_freed_memory() is None
+    assert host_memory.keep_freed_memory() is None and host_memory.left_as_is() == "JAX computes on an accelerator"
