@@ -204,6 +204,11 @@ def portable():
         _PORTABLE.reset(token)
 
 
+def is_portable() -> bool:
+    """Whether the program being traced is to be portable (inside :func:`portable`)."""
+    return _PORTABLE.get()
+
+
 def _traced_per_device() -> bool:
     """Whether the program being traced runs as it is on each device: with one device, or inside ``shard_map``
     over every mesh axis (train.py's step). Elsewhere XLA's SPMD partitioner would have to split the
@@ -256,8 +261,8 @@ def plan_for(impl: str, shape: Sequence[int], kernel_shape: Sequence[int], strid
     fp32 = jnp.dtype(dtype) == jnp.float32
     if impl == "auto" and jnp.dtype(dtype) == jnp.bfloat16:
         _say_bf16_runs_xla()
-    if impl == "auto" or (impl == "onednn" and _PORTABLE.get()):
-        native = fp32 and not _PORTABLE.get() and _traced_per_device() and _onednn_for_auto()
+    if impl == "auto" or (impl == "onednn" and is_portable()):
+        native = fp32 and not is_portable() and _traced_per_device() and _onednn_for_auto()
         return cpu_plan(shape, kernel_shape, stride, with_onednn=native)
     if impl == "onednn":
         reason = onednn.unavailable()

@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from resnet_jax import conv as conv_lib
+from resnet_jax import pooling
 
 Array = jax.Array
 ModuleDef = Any
@@ -199,7 +200,7 @@ class ResNet(nn.Module):
             x = nn.relu(norm_of("stem")(name="bn1")(conv(self.stem_width, 7, 2, name="conv1")(x)))
             # padded apart from the pooling (the same result): jax2onnx's max_pool drops a pooling's own padding
             x = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), constant_values=-jnp.inf)
-            x = nn.max_pool(x, window_shape=(3, 3), strides=(2, 2))
+            x = pooling.max_pool(x, 3, 2)
         else:  # a 3x3 layer: its response counts (Figure 7's first layer)
             x = norm_of("stem")(name="bn1")(conv(self.widths[0], 3, 1, name="conv1")(x))
             sow_response(self, "conv1", x)
