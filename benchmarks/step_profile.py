@@ -26,15 +26,13 @@ import json
 import re
 import statistics
 import tempfile
-import time
 
 import common
 import jax
 import train_step
 
-ACTIVATION_KINDS = ("convolutions", "matmuls", "reductions over the batch", "transposes and copies",
-                    "elementwise on activations")
-KINDS = (*ACTIVATION_KINDS, "parameters and optimizer", "loss", "outside the ops")
+KINDS = ("convolutions", "matmuls", "reductions over the batch", "transposes and copies", "elementwise on activations",
+         "parameters and optimizer", "loss", "outside the ops")
 # PyTorch's ATen ops by kind (self time; the rest of its ops are elementwise work on activations)
 # (the optimizer's ops are those inside its ``Optimizer.step`` range)
 TORCH_KINDS = {"convolution": "convolutions", "addmm": "matmuls", "mm": "matmuls", "batch_norm": "batch norm",
@@ -90,20 +88,15 @@ def classify(name: str, instructions: dict, bodies: dict, batch: int) -> str | N
 
 
 def step_times(run, steps: int) -> list[float]:
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        jax.block_until_ready(run())
-        times.append(time.perf_counter() - start)
-    return times
+    """Seconds of each of ``steps`` calls of ``run`` (train_step.py's timing, to the end of the work)."""
+    return [train_step.timed(run)[1] for _ in range(steps)]
 
 
 def profile_ours(args) -> dict:
     run, *_ = train_step.ours(args, "auto")
     instructions, bodies = parse_hlo(run.compiled.as_text())
     local_batch = args.batch_size // jax.local_device_count()
-    for _ in range(2):
-        jax.block_until_ready(run())
+    step_times(run, 2)  # warm-up
     wall = statistics.median(step_times(run, args.steps))
     with tempfile.TemporaryDirectory() as folder:
         jax.profiler.start_trace(folder, create_perfetto_trace=True)
@@ -153,8 +146,7 @@ def profile_torch(args) -> dict:
     import torch
 
     run, *_ = train_step.pytorch(args, channels_last=True)
-    for _ in range(2):
-        run()
+    step_times(run, 2)  # warm-up
     wall = statistics.median(step_times(run, args.steps))
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
         traced = statistics.mean(step_times(run, args.steps))
