@@ -51,6 +51,26 @@ def timed(fn, *args):
     return out, time.perf_counter() - start
 
 
+def faults() -> int:
+    """Minor page faults of this process so far: memory touched for the first time."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def warm_up(runners: dict, rounds: int, settled: int = 1000, extra: int = 10) -> None:
+    """``rounds`` untimed steps of each runner in turn, then more rounds (at most ``extra``) until one in which no
+    step faulted in more than ``settled`` pages: the heap kept by ``resnet_jax.host_memory`` grows over the first
+    steps, in jumps of a whole step's buffer where two steps' buffers are alive at once, then stays (a run of
+    train.py reaches that size once; docs/performance.md)."""
+    for round_ in range(rounds + extra):
+        grew = []
+        for run, *_ in runners.values():
+            before = faults()
+            timed(run)
+            grew.append(faults() - before)
+        if round_ + 1 >= rounds and max(grew) <= settled:
+            return
+
+
 def ours(args, conv_impl: str, loop: int = 0):
     """Our step (``loop=0``), or ``loop`` steps per call of train.py's loop; returns (run, compile seconds,
     training FLOPs per image, steps per call)."""
@@ -183,7 +203,8 @@ def main() -> None:
     p.add_argument("--dtype", default="float32")
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--warmup", type=int, default=3,
-                   help="untimed steps per runner first (the allocator's heap grows over the first few)")
+                   help="untimed rounds of steps first, then up to 10 more until the heap stops growing (no runner's "
+                        "step faults in over 1,000 pages)")
     p.add_argument("--scan", action="store_true")
     p.add_argument("--remat", action="store_true")
     p.add_argument("--on_device_data", action="store_true", help="draw batches from a device-resident train set")
@@ -204,15 +225,13 @@ def main() -> None:
     if args.reference:
         runners["reference"] = reference(args)
     times = {name: [] for name in runners}
-    faults = {name: 0 for name in runners}  # minor page faults in the timed steps (memory mapped afresh)
-    for run, *_ in runners.values():
-        for _ in range(args.warmup):
-            timed(run)
+    faulted = {name: 0 for name in runners}  # minor page faults in the timed steps (memory touched afresh)
+    warm_up(runners, args.warmup)
     for _ in range(args.steps):
         for name, (run, *_) in runners.items():
-            before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+            before = faults()
             times[name].append(timed(run)[1])
-            faults[name] += resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+            faulted[name] += faults() - before
     device = jax.devices()[0]
     result = dict(model=args.model, batch_size=args.batch_size, image_size=args.image_size, dtype=args.dtype,
                   scan=args.scan, remat=args.remat, on_device_data=args.on_device_data, conv_impl=args.conv_impl,
@@ -224,7 +243,7 @@ def main() -> None:
         result.update({f"{prefix}step_seconds_median": median,
                        f"{prefix}images_per_second": args.batch_size / median,
                        f"{prefix}compile_seconds": compile_seconds,
-                       f"{prefix}page_faults_per_step": faults[name] / args.steps})
+                       f"{prefix}page_faults_per_step": faulted[name] / args.steps})
         if name.startswith("ours"):
             result["flops_per_image"] = fpi
             peak = PEAK_FLOPS.get((device.device_kind, args.dtype))

@@ -21,8 +21,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from resnet_jax import batch_norm, pooling
 from resnet_jax import conv as conv_lib
-from resnet_jax import pooling
 
 Array = jax.Array
 ModuleDef = Any
@@ -36,11 +36,17 @@ RESPONSES = "responses"  # the collection each 3x3 layer's output after BN is so
 VERSIONS = ("v1", "v1.5")
 
 
-def sow_response(module: nn.Module, conv: str, y: Array) -> None:
-    """Keep a 3x3 layer's output after BN in the ``responses`` collection when the caller asks for it (``apply``
-    with ``mutable=[RESPONSES]``); never in ``init``'s variables."""
+def norm_relu(module: nn.Module, norm: nn.Module, y: Array, residual: Array | None = None,
+              response: str | None = None) -> Array:
+    """``relu(norm(y) + residual)``, one call of ``batch_norm.BatchNorm``. A 3x3 layer names its ``response``: when
+    the caller collects responses (``apply`` with ``mutable=[RESPONSES]``), ``norm(y)`` is kept there first, its
+    output after BN and before the addition or the ReLU (Sec. 4.2); never in ``init``'s variables."""
+    if response is None or not module.is_mutable_collection(RESPONSES):
+        return norm(y, residual, relu=True)
+    y = norm(y)
     if not module.is_initializing():
-        module.sow(RESPONSES, f"{conv}_response", y)
+        module.sow(RESPONSES, f"{response}_response", y)
+    return nn.relu(y if residual is None else y + residual)
 
 
 def _conv(features: int, kernel: int, strides: int = 1, **kw: Any) -> nn.Conv:
@@ -112,14 +118,12 @@ class ResidualBlock(nn.Module):
             y = self.conv(features, kernel, strides, name=f"conv{i}")(y)
             last = i == len(layers)
             scale_init = nn.initializers.zeros if last and self.zero_init_residual else nn.initializers.ones
-            y = self.norm(name=f"bn{i}", scale_init=scale_init)(y)
-            if kernel == 3:  # Sec. 4.2's layer responses: after BN, before the ReLU or the addition
-                sow_response(self, f"conv{i}", y)
-            if not last:
-                y = nn.relu(y)
-        if self.residual:
-            y = y + Shortcut(y.shape[-1], self.strides, self.shortcut, self.conv, self.norm, name="shortcut")(x)
-        return nn.relu(y)
+            shortcut = None
+            if last and self.residual:
+                shortcut = Shortcut(features, self.strides, self.shortcut, self.conv, self.norm, name="shortcut")(x)
+            y = norm_relu(self, self.norm(name=f"bn{i}", scale_init=scale_init), y, shortcut,
+                          f"conv{i}" if kernel == 3 else None)
+        return y
 
 
 class Stage(nn.Module):
@@ -184,7 +188,7 @@ class ResNet(nn.Module):
     def __call__(self, x: Array, train: bool = False, features: bool = False) -> Array | tuple[Array, dict]:
         conv = functools.partial(_conv, dtype=self.dtype, param_dtype=self.param_dtype,
                                  conv_general_dilated=conv_lib.conv_general_dilated(self.conv_impl))
-        norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=self.bn_momentum,
+        norm = functools.partial(batch_norm.BatchNorm, use_running_average=not train, momentum=self.bn_momentum,
                                  epsilon=self.bn_epsilon, dtype=self.dtype, param_dtype=self.param_dtype,
                                  axis_name=self.bn_axis_name)
 
@@ -197,14 +201,13 @@ class ResNet(nn.Module):
         out = {}
         x = jnp.asarray(x, self.dtype)
         if self.stem == "imagenet":
-            x = nn.relu(norm_of("stem")(name="bn1")(conv(self.stem_width, 7, 2, name="conv1")(x)))
+            x = norm_of("stem")(name="bn1")(conv(self.stem_width, 7, 2, name="conv1")(x), relu=True)
             # padded apart from the pooling (the same result): jax2onnx's max_pool drops a pooling's own padding
             x = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), constant_values=-jnp.inf)
             x = pooling.max_pool(x, 3, 2)
         else:  # a 3x3 layer: its response counts (Figure 7's first layer)
-            x = norm_of("stem")(name="bn1")(conv(self.widths[0], 3, 1, name="conv1")(x))
-            sow_response(self, "conv1", x)
-            x = nn.relu(x)
+            x = norm_relu(self, norm_of("stem")(name="bn1"), conv(self.widths[0], 3, 1, name="conv1")(x),
+                          response="conv1")
         out["stem"] = x
         for i, (size, width) in enumerate(zip(self.stage_sizes, self.widths, strict=True)):
             stage_block = functools.partial(block, norm=norm_of(f"stage{i + 1}"))
