@@ -153,16 +153,22 @@ def _backward(stride, padding, plan, residuals, g):
 planned_conv.defvjp(_forward, _backward)
 
 
-def cpu_plan(shape: Sequence[int], kernel_shape: Sequence[int], stride: int, with_onednn: bool = False) -> Plan:
-    """The faster implementation of each pass on XLA:CPU, by rules measured on x86-64 (AVX-512) with
-    ``benchmarks/conv_passes.py`` over every convolution of resnet18 (64 and 224 px), resnet50 (224 px) and
-    cifar_resnet20 (docs/performance.md has the tables). ``shape`` is the NHWC input, ``kernel_shape`` HWIO.
+def cpu_plan(shape: Sequence[int], kernel_shape: Sequence[int], stride: int, with_onednn: bool = False,
+             avx512: bool | None = None) -> Plan:
+    """The faster implementation of each pass on XLA:CPU, by rules measured with ``benchmarks/conv_passes.py``
+    over every convolution of resnet18 (64 and 224 px), resnet50 (224 px) and cifar_resnet20 (docs/performance.md
+    has the tables). ``shape`` is the NHWC input (per device), ``kernel_shape`` HWIO; ``avx512``: whether the CPU
+    has AVX-512 (None: this CPU's).
 
     - A map smaller than the kernel (e.g. 3x3 on 2x2): im2col in every pass; XLA's convolution runs at ~2 % of
       matmul speed there, and oneDNN's at a third of im2col's. The same holds when a strided convolution's
       *output* map is that small.
     - ``with_onednn``: oneDNN's convolution in every other case and pass, 2-8x faster than XLA's per pass and
-      within 5 % of the fastest choice per shape on the three networks' totals.
+      within 5 % of the fastest choice per shape on the three networks' totals, on AVX-512. Without AVX-512
+      (measured on a Zen 3, AVX2) oneDNN's kernels lose where the output has few pixels (batch x height x width,
+      the matrix product's rows): up to 1,024 rows (resnet50's last stage at batch 16) im2col's matmuls are
+      faster in the forward pass and the input gradient, and up to 4,096 rows with 128 or more input channels
+      (resnet50's last two stages) so is the kernel gradient as one matmul per tap.
 
     Without oneDNN:
 
@@ -176,11 +182,17 @@ def cpu_plan(shape: Sequence[int], kernel_shape: Sequence[int], stride: int, wit
       same process, alternating) the taps train cifar_resnet20 (batch 128) 9 % and resnet18 at 64 px
       (batch 64) 7 % faster (docs/performance.md).
     """
-    _, h, _, cin = shape
+    n, h, w, cin = shape
     kh = kernel_shape[0]
     ho = -(-h // stride)
     if with_onednn:
-        return Plan(*["im2col" if h < kh or (kh > 1 and ho < kh) else "onednn"] * 3)
+        if h < kh or (kh > 1 and ho < kh):
+            return Plan("im2col", "im2col", "im2col")
+        if cpu_avx512() if avx512 is None else avx512:
+            return Plan("onednn", "onednn", "onednn")
+        rows = n * ho * -(-w // stride)
+        data = "im2col" if rows <= 1024 else "onednn"
+        return Plan(data, data, "shifted" if rows <= 4096 and cin >= 128 else "onednn")
     if kh == 1 or h < kh or cin >= 512:
         return Plan("im2col", "im2col", "im2col")
     strided = stride > 1
@@ -230,14 +242,23 @@ def _onednn_for_auto() -> bool:
 
 
 @functools.cache
-def cpu_bf16() -> bool:
-    """Whether this CPU has bf16 arithmetic (AVX512-BF16 or AMX), as /proc/cpuinfo lists it."""
+def cpu_flags() -> frozenset[str]:
+    """This CPU's features as /proc/cpuinfo lists them (none where it cannot be read)."""
     try:
         with open("/proc/cpuinfo") as f:
-            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+            return frozenset(next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), []))
     except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+        return frozenset()
+
+
+def cpu_bf16() -> bool:
+    """Whether this CPU has bf16 arithmetic (AVX512-BF16 or AMX)."""
+    return bool({"avx512_bf16", "amx_bf16"} & cpu_flags())
+
+
+def cpu_avx512() -> bool:
+    """Whether this CPU has AVX-512, on which :func:`cpu_plan`'s rules for oneDNN were measured first."""
+    return "avx512f" in cpu_flags()
 
 
 @functools.cache

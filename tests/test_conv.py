@@ -76,7 +76,16 @@ def test_auto_is_xla_off_cpu_and_planned_on_cpu(monkeypatch):
     assert conv.cpu_plan((8, 32, 32, 16), (3, 3, 16, 16), 1) == conv.Plan("xla", "xla", "shifted")
     assert conv.cpu_plan((8, 32, 32, 16), (3, 3, 16, 16), 1, with_onednn=True) == dnnl
     assert conv.cpu_plan((8, 4, 4, 256), (3, 3, 256, 512), 2, with_onednn=True) == im2col  # a 2x2 output
-    assert conv.cpu_plan((8, 4, 4, 256), (1, 1, 256, 512), 2, with_onednn=True) == dnnl
+    assert conv.cpu_plan((8, 4, 4, 256), (1, 1, 256, 512), 2, with_onednn=True, avx512=True) == dnnl
+    # without AVX-512: matmuls where the output has few pixels (rows), one per tap for the kernel gradient
+    assert conv.cpu_plan((16, 7, 7, 512), (3, 3, 512, 512), 1, with_onednn=True, avx512=False) == conv.Plan(
+        "im2col", "im2col", "shifted")  # resnet50's last stage at batch 16: 784 rows
+    assert conv.cpu_plan((16, 14, 14, 256), (3, 3, 256, 256), 1, with_onednn=True, avx512=False) == conv.Plan(
+        "onednn", "onednn", "shifted")  # 3,136 rows
+    assert conv.cpu_plan((128, 8, 8, 64), (3, 3, 64, 64), 1, with_onednn=True, avx512=False) == dnnl  # 8,192
+    assert conv.cpu_plan((128, 8, 8, 128), (1, 1, 128, 256), 2, with_onednn=True, avx512=False) == conv.Plan(
+        "onednn", "onednn", "shifted")  # 2,048 rows, 128 channels
+    assert conv.cpu_plan((32, 8, 8, 64), (3, 3, 64, 64), 1, with_onednn=True, avx512=False) == dnnl  # 64 channels
     taps = conv.Plan("xla", "xla", "shifted")
     assert conv.plan_for("auto", (8, 32, 32, 16), (3, 3, 16, 16), 1, jnp.bfloat16) == taps
 
