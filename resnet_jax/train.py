@@ -63,27 +63,15 @@ def main(argv):
         sys.stderr.flush()
         os._exit(e.exit_code)
     except Exception as e:
-        if jax.process_count() > 1 and lost_process(e):
+        if jax.process_count() > 1 and training.lost_process(e):
             # JAX's shutdown would wait on the lost process, then abort with pages of native stack traces
             print(f"error: process {jax.process_index()} lost contact with another process of this run "
                   f"({checkpoint.first_line(e, 200)}); rerun all {jax.process_count()} processes to resume from the "
                   f"last checkpoint", file=sys.stderr, flush=True)
-            os._exit(LOST_PROCESS_EXIT_CODE)
+            os._exit(training.LOST_PROCESS_EXIT_CODE)
         raise
     if jax.process_index() == 0:
         print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()))
-
-
-LOST_PROCESS_EXIT_CODE = 75  # sysexits.h EX_TEMPFAIL: rerun (all processes)
-
-
-def lost_process(error: Exception) -> bool:
-    """Whether a multi-process run failed because another process died (a collective or the coordination
-    service says so), not through an error of its own."""
-    text = str(error)
-    return type(error).__name__ == "JaxRuntimeError" or any(
-        s in text for s in ("heartbeat", "Gloo", "CoordinationService", "Connection reset", "DEADLINE_EXCEEDED",
-                            "barrier", "Timed out"))
 
 
 def parse_flags(argv):

@@ -12,7 +12,7 @@
 """
 
 from resnet_jax.mesh import AXIS, make_mesh
-from resnet_jax.training.errors import ConfigError, Preempted
+from resnet_jax.training.errors import LOST_PROCESS_EXIT_CODE, ConfigError, Preempted, lost_process
 from resnet_jax.training.init import load_init_from, merge_variables
 from resnet_jax.training.lock import LEASE_SECONDS, BucketLease, WorkdirLock, WorkdirLocked, run_lock
 from resnet_jax.training.loop import train_and_evaluate
@@ -39,6 +39,7 @@ __all__ = [
     "AXIS",
     "GRACE_SECONDS",
     "LEASE_SECONDS",
+    "LOST_PROCESS_EXIT_CODE",
     "MAX_CALLS_IN_FLIGHT",
     "BucketLease",
     "ConfigError",
@@ -55,6 +56,7 @@ __all__ = [
     "learning_rate_schedule",
     "load_init_from",
     "loop_lengths",
+    "lost_process",
     "make_mesh",
     "make_optimizer",
     "make_train_loop",

@@ -1,4 +1,4 @@
-"""How a training run stops short: a config that cannot run, and a stop signal."""
+"""How a training run stops short: a config that cannot run, a stop signal, and a lost process."""
 
 from __future__ import annotations
 
@@ -14,3 +14,15 @@ class Preempted(Exception):
     def __init__(self, message: str, signum: int):
         super().__init__(message)
         self.exit_code = 128 + signum
+
+
+LOST_PROCESS_EXIT_CODE = 75  # sysexits.h EX_TEMPFAIL: rerun (all processes)
+
+
+def lost_process(error: BaseException) -> bool:
+    """Whether a multi-process run failed because another process died (a collective or the coordination
+    service says so), not through an error of its own."""
+    text = str(error)
+    return type(error).__name__ == "JaxRuntimeError" or any(
+        s in text for s in ("heartbeat", "Gloo", "CoordinationService", "Connection reset", "DEADLINE_EXCEEDED",
+                            "barrier", "Timed out"))

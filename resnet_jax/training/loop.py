@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+import sys
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -15,7 +16,7 @@ from jax.sharding import PartitionSpec as P
 
 from resnet_jax import checkpoint, data, evaluation, storage
 from resnet_jax.mesh import make_mesh
-from resnet_jax.training.errors import ConfigError
+from resnet_jax.training.errors import ConfigError, lost_process
 from resnet_jax.training.failures import data_failure
 from resnet_jax.training.init import merge_variables
 from resnet_jax.training.lock import BucketLease, WorkdirLock, run_lock
@@ -284,7 +285,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                 raise
             raise failure from e
         finally:
-            checkpoint.close(mngr)
+            error = sys.exc_info()[1]
+            # a save in flight waits on every process: with one lost, waiting would last until JAX aborts this one
+            checkpoint.close(mngr, wait=not (error and jax.process_count() > 1 and lost_process(error)))
             if out is not None:
                 out.close()
             if lock is not None:
