@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# One GPU check (~7 minutes on one NVIDIA H200 with jax/flax/optax/orbax and no TensorFlow):
+# One GPU check on one NVIDIA H200, with jax/flax/optax/orbax and no TensorFlow (carry ml_collections as a wheel).
+# Checks 1-4 and two of check 5's six variants took 470 s there (2026-11-30), so the whole script is likely longer
+# than one 600 s device call: set R50_VARIANTS to a few variants per call.
 #   1. resnet50 bf16 train step, batch 256 (images/s, MFU)
 #   2. cifar_resnet20 training with the train set on the device (images/s; synthetic CIFAR-sized data)
 #   3. resnet50 10-crop evaluation on in-memory views (images/s)
