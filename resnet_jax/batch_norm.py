@@ -112,7 +112,7 @@ class BatchNorm(nn.Module):
             return _finish(_affine(x, ra_mean.value, ra_var.value, scale, bias, self.epsilon), residual, relu,
                            dtype)
         axis_name = None if self.is_initializing() else self.axis_name
-        if fused():
+        if conv.cpu_forms():
             y, mean, var = normalize(jnp.asarray(x, dtype), scale, bias, residual, self.epsilon, axis_name, relu)
         else:
             mean, var = statistics(x, axis_name)
@@ -122,7 +122,3 @@ class BatchNorm(nn.Module):
             ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var
         return y
 
-
-def fused() -> bool:
-    """Whether training's batch norm is ``normalize`` here: on CPUs, outside exports (module docstring)."""
-    return jax.default_backend() == "cpu" and not conv.is_portable()

@@ -221,6 +221,12 @@ def is_portable() -> bool:
     return _PORTABLE.get()
 
 
+def cpu_forms() -> bool:
+    """Whether the program being traced takes the forms written for XLA:CPU (``pooling``'s max-pooling,
+    ``batch_norm``'s gradient): on CPUs, and not to be portable."""
+    return jax.default_backend() == "cpu" and not is_portable()
+
+
 def _traced_per_device() -> bool:
     """Whether the program being traced runs as it is on each device: with one device, or inside ``shard_map``
     over every mesh axis (train.py's step). Elsewhere XLA's SPMD partitioner would have to split the

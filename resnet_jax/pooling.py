@@ -56,6 +56,6 @@ tap_max_pool.defvjp(_forward, _backward)
 
 def max_pool(x: jax.Array, window: int, stride: int) -> jax.Array:
     """``flax.linen.max_pool(x, (window, window), (stride, stride))`` ('VALID'), computed per device kind."""
-    if jax.default_backend() == "cpu" and not conv.is_portable():
+    if conv.cpu_forms():
         return tap_max_pool(x, window, stride)
     return nn.max_pool(x, window_shape=(window, window), strides=(stride, stride))
