@@ -114,12 +114,9 @@ def finish(mngr: ocp.CheckpointManager) -> None:
         raise write_failure(mngr, e) from e
 
 
-def close(mngr: ocp.CheckpointManager, wait: bool = True) -> None:
+def close(mngr: ocp.CheckpointManager) -> None:
     """Wait for the writers and close, on every exit path; a failure already reported is not reported again. Then
-    no partial step is left behind (process 0 removes any, e.g. of a save that hit a full disk). ``wait=False``
-    (another process of the run is lost): leave a save in flight as it is, for the rerun to ignore and remove."""
-    if not wait:
-        return
+    no partial step is left behind (process 0 removes any, e.g. of a save that hit a full disk)."""
     try:
         mngr.wait_until_finished()
     except Exception as e:  # the run is ending on an error of its own (or on this one, raised by ``finish``)

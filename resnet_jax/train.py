@@ -63,7 +63,7 @@ def main(argv):
         sys.stderr.flush()
         os._exit(e.exit_code)
     except Exception as e:
-        if jax.process_count() > 1 and training.lost_process(e):
+        if training.lost_process(e):
             # JAX's shutdown would wait on the lost process, then abort with pages of native stack traces
             print(f"error: process {jax.process_index()} lost contact with another process of this run "
                   f"({checkpoint.first_line(e, 200)}); rerun all {jax.process_count()} processes to resume from the "

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import jax
+
 
 class ConfigError(ValueError):
     """A training config that cannot run (found before anything compiles)."""
@@ -20,8 +22,10 @@ LOST_PROCESS_EXIT_CODE = 75  # sysexits.h EX_TEMPFAIL: rerun (all processes)
 
 
 def lost_process(error: BaseException) -> bool:
-    """Whether a multi-process run failed because another process died (a collective or the coordination
-    service says so), not through an error of its own."""
+    """Whether this multi-process run failed because another process died (a collective or the coordination
+    service says so), not through an error of its own. Never in a run of one process."""
+    if jax.process_count() == 1:
+        return False
     text = str(error)
     return type(error).__name__ == "JaxRuntimeError" or any(
         s in text for s in ("heartbeat", "Gloo", "CoordinationService", "Connection reset", "DEADLINE_EXCEEDED",

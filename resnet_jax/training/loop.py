@@ -286,8 +286,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
             raise failure from e
         finally:
             error = sys.exc_info()[1]
-            # a save in flight waits on every process: with one lost, waiting would last until JAX aborts this one
-            checkpoint.close(mngr, wait=not (error and jax.process_count() > 1 and lost_process(error)))
+            # a save in flight waits on every process: with one lost, waiting would last until JAX aborts this one,
+            # so the save is left as it is, for the rerun to ignore and remove
+            if error is None or not lost_process(error):
+                checkpoint.close(mngr)
             if out is not None:
                 out.close()
             if lock is not None:
