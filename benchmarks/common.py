@@ -16,20 +16,21 @@ def cpu_model() -> dict:
     """The CPU as ``lscpu`` names it: model name, family and model (AMD family 25 is Zen 3 at model 0-15 and Zen 4
     at 16-31 and above, family 26 Zen 5; a virtual machine's model name alone, "AMD EPYC", does not tell them
     apart), and whether it has AVX-512 and its bf16 instructions."""
-    fields, flags = {}, set()
+    from resnet_jax import conv  # imports JAX
+
+    fields = {}
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
                 key, _, value = (part.strip() for part in line.partition(":"))
                 if key in ("model name", "cpu family", "model") and key not in fields:
                     fields[key] = value
-                elif key == "flags" and not flags:
-                    flags = set(value.split())
     except OSError:
         pass
+    flags = conv.cpu_flags()
     return dict(cpu_model=fields.get("model name", platform.processor() or platform.machine()),
                 cpu_family=fields.get("cpu family"), cpu_model_number=fields.get("model"),
-                avx512="avx512f" in flags, avx512_bf16="avx512_bf16" in flags, amx="amx_tile" in flags)
+                avx512=conv.cpu_avx512(), avx512_bf16="avx512_bf16" in flags, amx="amx_tile" in flags)
 
 
 def environment() -> dict:

@@ -56,17 +56,20 @@ def faults() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
+def timed_faults(fn) -> tuple[float, int]:
+    """Seconds of one call of ``fn`` (as :func:`timed`) and the pages it faulted in."""
+    before = faults()
+    seconds = timed(fn)[1]
+    return seconds, faults() - before
+
+
 def warm_up(runners: dict, rounds: int, settled: int = 1000, extra: int = 10) -> None:
     """``rounds`` untimed steps of each runner in turn, then more rounds (at most ``extra``) until one in which no
     step faulted in more than ``settled`` pages: the heap kept by ``resnet_jax.host_memory`` grows over the first
     steps, in jumps of a whole step's buffer where two steps' buffers are alive at once, then stays (a run of
     train.py reaches that size once; docs/performance.md)."""
     for round_ in range(rounds + extra):
-        grew = []
-        for run, *_ in runners.values():
-            before = faults()
-            timed(run)
-            grew.append(faults() - before)
+        grew = [timed_faults(run)[1] for run, *_ in runners.values()]
         if round_ + 1 >= rounds and max(grew) <= settled:
             return
 
@@ -229,9 +232,9 @@ def main() -> None:
     warm_up(runners, args.warmup)
     for _ in range(args.steps):
         for name, (run, *_) in runners.items():
-            before = faults()
-            times[name].append(timed(run)[1])
-            faulted[name] += faults() - before
+            seconds, pages = timed_faults(run)
+            times[name].append(seconds)
+            faulted[name] += pages
     device = jax.devices()[0]
     result = dict(model=args.model, batch_size=args.batch_size, image_size=args.image_size, dtype=args.dtype,
                   scan=args.scan, remat=args.remat, on_device_data=args.on_device_data, conv_impl=args.conv_impl,
