@@ -8,9 +8,9 @@ are imported from there (nothing is copied here) and timed in the same process, 
 ``--conv_impl`` takes a comma-separated list: each implementation is timed as its own runner. ``--loops=1,10``
 also times train.py's loop (``make_train_loop``) running that many steps per call (one runner each; images/s
 per step). ``--torch``
-times the same network (resnet_jax.torch_models, fp32) with PyTorch's SGD step on this machine's threads, also in
-the same process: in ``channels_last`` (``torch``: PyTorch's best fp32 mode on CPUs, the baseline of the speedups)
-and in NCHW (``torch_nchw``).
+times the same network (resnet_jax.torch_models) with PyTorch's SGD step on this machine's threads, also in
+the same process: in ``channels_last`` (``torch``: PyTorch's best mode on CPUs, the baseline of the speedups)
+and in NCHW (``torch_nchw``); with ``--dtype=bfloat16`` under bf16 autocast (fp32 parameters, as ours).
 Reported: images/s (median over steps), step time, compile time, training FLOPs per image (6 x the
 multiply-adds of Table 1's count) and MFU where the device's peak is known.
 """
@@ -121,8 +121,9 @@ def ours(args, conv_impl: str, loop: int = 0):
 
 
 def pytorch(args, channels_last: bool = True):
-    """The same network and step in PyTorch (fp32): forward, cross-entropy, backward, SGD with momentum 0.9 and
-    weight decay 1e-4 (the paper's recipe); the network and its input in ``channels_last`` or NCHW."""
+    """The same network and step in PyTorch: forward, cross-entropy, backward, SGD with momentum 0.9 and
+    weight decay 1e-4 (the paper's recipe); the network and its input in ``channels_last`` or NCHW; fp32, or bf16
+    autocast for ``--dtype=bfloat16`` (PyTorch's mixed precision on CPUs: fp32 parameters and optimizer)."""
     import torch
 
     from resnet_jax.torch_models import torch_model
@@ -136,9 +137,12 @@ def pytorch(args, channels_last: bool = True):
                               .astype(np.float32)).contiguous(memory_format=layout)
     labels = torch.from_numpy(rng.integers(0, args.num_classes, args.batch_size))
 
+    bf16 = args.dtype == "bfloat16"
+
     def run():
         opt.zero_grad(set_to_none=True)
-        loss = torch.nn.functional.cross_entropy(net(images), labels)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = torch.nn.functional.cross_entropy(net(images), labels)
         loss.backward()
         opt.step()
         return loss.item()
@@ -214,7 +218,8 @@ def main() -> None:
     p.add_argument("--conv_impl", default="auto", help="comma-separated: auto, xla, im2col, onednn (one runner each)")
     p.add_argument("--loops", default="", help="comma-separated steps per call of train.py's loop, e.g. 1,10")
     p.add_argument("--torch", action="store_true",
-                   help="also time the PyTorch twin of the network (fp32, channels_last and NCHW)")
+                   help="also time the PyTorch twin of the network (channels_last and NCHW; bf16 autocast with "
+                        "--dtype=bfloat16)")
     p.add_argument("--reference", help="path to flax/examples/imagenet (ResNet-50 only)")
     p.add_argument("--output")
     args = p.parse_args()

@@ -13,7 +13,7 @@ C++ compiler are installed, its convolutions run inside the XLA program as an FF
 (:mod:`resnet_jax.native.onednn`).
 
 ``impl``: ``"xla"`` (every pass XLA's), ``"im2col"`` (every pass a matmul), ``"onednn"`` (every pass oneDNN's;
-CPUs, fp32) or ``"auto"``: on CPUs the rules of :func:`cpu_plan`, measured with ``benchmarks/conv_passes.py``,
+CPUs, fp32, and bf16 on CPUs with bf16 arithmetic) or ``"auto"``: on CPUs the rules of :func:`cpu_plan`, measured with ``benchmarks/conv_passes.py``,
 with oneDNN where it is available; elsewhere XLA's (cuDNN and the TPU compiler are right there).
 
 On CPUs, XLA's gradients are written out as forward convolutions in NHWC/HWIO form (:func:`xla_input_grad`,
@@ -268,35 +268,47 @@ def cpu_avx512() -> bool:
 
 
 @functools.cache
-def _say_bf16_runs_xla() -> None:
-    """One line per process: bfloat16 on a CPU computes its convolutions with XLA (oneDNN's are float32 here)."""
-    cpu = "this CPU has bf16 arithmetic" if cpu_bf16() else "this CPU has no bf16 arithmetic (AVX512-BF16, AMX)"
-    log.warning("dtype=bfloat16 on the CPU: convolutions run as XLA's, not oneDNN's (float32 only); %s, so float32 "
-                "is usually the faster choice", cpu)
+def onednn_bf16_unavailable() -> str | None:
+    """Why ``dtype=bfloat16`` cannot run oneDNN's convolutions here (None: it can): they need bf16 arithmetic in
+    the CPU (AVX512-BF16 or AMX; elsewhere oneDNN would emulate it, slower than fp32) and a oneDNN with all three
+    passes in bf16 for it."""
+    if not cpu_bf16():
+        return "this CPU has no bf16 arithmetic (AVX512-BF16, AMX), so float32 is the faster choice here"
+    return onednn.bf16_unavailable()
+
+
+@functools.cache
+def _onednn_bf16_for_auto() -> bool:
+    """Whether ``auto`` may use oneDNN's bf16 convolutions here; if not, says why once per process."""
+    reason = onednn_bf16_unavailable()
+    if reason:
+        log.warning("dtype=bfloat16 on the CPU: convolutions run as XLA's, not oneDNN's: %s", reason)
+    return reason is None
 
 
 def plan_for(impl: str, shape: Sequence[int], kernel_shape: Sequence[int], stride: int,
              dtype: Any = jnp.float32) -> Plan | None:
     """The plan of one convolution (None: plain XLA with JAX's gradients, as off CPUs). ``auto`` uses oneDNN's
-    passes for fp32 in programs that run per device (:func:`_traced_per_device`); elsewhere the rules without
-    it."""
+    passes for fp32, and for bf16 where the CPU has bf16 arithmetic (:func:`onednn_bf16_unavailable`), in
+    programs that run per device (:func:`_traced_per_device`); elsewhere the rules without it."""
     if impl not in IMPLS:
         raise ValueError(f"conv_impl must be one of {IMPLS}, got {impl!r}")
     cpu = jax.default_backend() == "cpu"
     if not cpu:
         return None if impl in ("auto", "xla") else Plan(impl, impl, impl)
-    fp32 = jnp.dtype(dtype) == jnp.float32
-    if impl == "auto" and jnp.dtype(dtype) == jnp.bfloat16:
-        _say_bf16_runs_xla()
+    dtype = jnp.dtype(dtype)
     if impl == "auto" or (impl == "onednn" and is_portable()):
-        native = fp32 and not is_portable() and _traced_per_device() and _onednn_for_auto()
+        typed = dtype == jnp.float32 or (dtype == jnp.bfloat16 and _onednn_bf16_for_auto())
+        native = typed and not is_portable() and _traced_per_device() and _onednn_for_auto()
         return cpu_plan(shape, kernel_shape, stride, with_onednn=native)
     if impl == "onednn":
         reason = onednn.unavailable()
         if reason:
             raise ValueError(f"conv_impl='onednn': {reason}")
-        if not fp32:
-            raise ValueError(f"conv_impl='onednn' computes in float32, got {jnp.dtype(dtype).name}")
+        if dtype == jnp.bfloat16 and onednn_bf16_unavailable():
+            raise ValueError(f"conv_impl='onednn' with bfloat16: {onednn_bf16_unavailable()}")
+        if dtype not in (jnp.float32, jnp.bfloat16):
+            raise ValueError(f"conv_impl='onednn' computes in float32 or bfloat16, got {dtype.name}")
     return Plan(impl, impl, impl)  # "xla" on CPUs: gradients that stay fast inside loops
 
 

@@ -112,16 +112,59 @@ def test_auto_is_xla_off_cpu_and_planned_on_cpu(monkeypatch):
         models.create_model("resnet18", conv_impl="fast")
 
 
-def test_bfloat16_on_the_cpu_says_once_that_its_convolutions_are_xlas(caplog):
-    conv._say_bf16_runs_xla.cache_clear()
-    with caplog.at_level("WARNING", logger="resnet_jax.conv"):
-        for _ in range(3):
-            plan = conv.plan_for("auto", (8, 32, 32, 16), (3, 3, 16, 16), 1, jnp.bfloat16)
-        conv.plan_for("auto", (8, 32, 32, 16), (3, 3, 16, 16), 1)
-    assert plan == conv.Plan("xla", "xla", "shifted")
-    lines = [r.getMessage() for r in caplog.records if "bfloat16" in r.getMessage()]
-    assert len(lines) == 1 and "not oneDNN's" in lines[0]
-    assert ("has no bf16 arithmetic" in lines[0]) is not conv.cpu_bf16()
+def test_bfloat16_uses_onednn_only_on_a_cpu_with_bf16_arithmetic_and_says_once_why_not(caplog, monkeypatch):
+    taps = conv.Plan("xla", "xla", "shifted")
+    shape, kernel = (8, 32, 32, 16), (3, 3, 16, 16)
+
+    def plans(flags):
+        """Three bf16 plans and an fp32 one of a one-device program on a CPU with ``flags``; the warnings."""
+        monkeypatch.setattr(conv, "cpu_flags", lambda: frozenset(flags))
+        monkeypatch.setattr(conv, "_traced_per_device", lambda: True)
+        for cached in (conv.onednn_bf16_unavailable, conv._onednn_bf16_for_auto):
+            cached.cache_clear()
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="resnet_jax.conv"):
+            got = [conv.plan_for("auto", shape, kernel, 1, jnp.bfloat16) for _ in range(3)]
+            conv.plan_for("auto", shape, kernel, 1)
+        return got, [r.getMessage() for r in caplog.records if "bfloat16" in r.getMessage()]
+
+    got, lines = plans({"avx2", "fma"})  # e.g. a Zen 3: oneDNN would emulate bf16, slower than fp32
+    assert got == [taps] * 3
+    assert len(lines) == 1 and "not oneDNN's: this CPU has no bf16 arithmetic" in lines[0]
+    if not ONEDNN:
+        return
+    got, lines = plans({"avx512f", "avx512_bf16"})  # oneDNN itself says whether it has fast bf16 passes
+    bf16_here = conv.cpu_bf16() and conv.onednn.bf16_unavailable() is None
+    assert got == [conv.Plan("onednn", "onednn", "onednn") if bf16_here else taps] * 3
+    assert (lines == []) if bf16_here else (len(lines) == 1 and "oneDNN has" in lines[0])
+
+
+@pytest.mark.skipif(not ONEDNN or conv.onednn_bf16_unavailable() is not None,
+                    reason=f"no oneDNN bf16 convolutions here: {conv.onednn_bf16_unavailable()}")
+@pytest.mark.parametrize("shape,kernel,stride,padding", [
+    ((2, 64, 64, 3), (7, 7, 3, 64), 2, ((3, 3), (3, 3))), ((4, 16, 16, 64), (3, 3, 64, 64), 1, ((1, 1), (1, 1))),
+    ((4, 16, 16, 64), (3, 3, 64, 128), 2, ((1, 1), (1, 1))), ((4, 16, 16, 64), (1, 1, 64, 128), 2, ((0, 0), (0, 0)))])
+def test_onednn_bf16_passes_match_xla_on_the_same_bf16_values(shape, kernel, stride, padding):
+    """bf16 operands, the results rounded once to bf16 (the kernel gradient accumulated in fp32): within bf16's
+    rounding of XLA's fp32 passes on the same values."""
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=shape), jnp.bfloat16)
+    k = jnp.asarray(rng.normal(size=kernel) / np.sqrt(np.prod(kernel[:3])), jnp.bfloat16)
+    out_shape = conv.onednn.output_shape(shape, kernel, stride, padding)
+    g = jnp.asarray(rng.normal(size=out_shape), jnp.bfloat16)
+    plan = conv.Plan("onednn", "onednn", "onednn")
+
+    def passes(f, *args):
+        y, vjp = jax.vjp(f, *args)
+        return (y, *vjp(g.astype(y.dtype)))
+
+    got = jax.jit(lambda x, k: passes(lambda x, k: conv.planned_conv(x, k, stride, padding, plan), x, k))(x, k)
+    want = jax.jit(lambda x, k: passes(lambda x, k: conv.xla(x, k, stride, padding), x, k))(
+        x.astype(jnp.float32), k.astype(jnp.float32))
+    for what, a, b in zip(("forward", "input grad", "kernel grad"), got, want):
+        assert a.dtype == jnp.bfloat16, what
+        scale = float(jnp.abs(b).max())
+        assert float(jnp.abs(a.astype(jnp.float32) - b).max()) <= 1e-2 * scale, what
 
 
 @pytest.mark.parametrize("stride,size", [(1, 3), (2, 3), (2, 7), (2, 1)])

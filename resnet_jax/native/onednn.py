@@ -8,7 +8,8 @@ source, jaxlib and oneDNN. Without a compiler or oneDNN, :func:`unavailable` say
 ``RESNET_JAX_ONEDNN=0`` turns it off.
 
 :func:`forward`, :func:`input_grad` and :func:`kernel_grad` have the signatures of ``resnet_jax.conv``'s XLA
-forms: NHWC activations, HWIO kernels, fp32, explicit padding, square strides.
+forms: NHWC activations, HWIO kernels, explicit padding, square strides; fp32, or bf16 where :func:`bf16_unavailable`
+finds oneDNN's bf16 convolutions on this CPU (AVX512-BF16 or AMX).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -36,6 +38,7 @@ log = logging.getLogger(__name__)
 SOURCE = Path(__file__).with_name("onednn_conv.cc")
 TARGET = "resnet_jax_onednn_conv"
 SYMBOL = "ResnetJaxOnednnConv"
+BF16_SYMBOL = "ResnetJaxOnednnBf16"
 Padding = tuple[tuple[int, int], tuple[int, int]]
 
 
@@ -116,13 +119,26 @@ def unavailable() -> str | None:
     return _load()
 
 
-def _call(which: int, a: jax.Array, b: jax.Array, out_shape: Sequence[int], stride: int, padding: Padding) -> jax.Array:
+@functools.cache
+def bf16_unavailable() -> str | None:
+    """Why oneDNN's bf16 convolutions cannot be used here (None: they can): oneDNN is asked once per process
+    whether it has all three passes in bf16 on this CPU, and not only its reference implementation."""
+    reason = _load()
+    if reason is not None:
+        return reason
+    answer = getattr(_libraries[-1], BF16_SYMBOL)()
+    return {0: "oneDNN has no bf16 convolutions on this CPU",
+            2: "oneDNN has only its reference bf16 convolutions on this CPU (slower than fp32)"}.get(answer)
+
+
+def _call(which: int, a: jax.Array, b: jax.Array, out_shape: Sequence[int], stride: int, padding: Padding,
+          dtype: Any) -> jax.Array:
     reason = _load()
     if reason is not None:
         raise RuntimeError(f"conv_impl='onednn': {reason}")
     (top, bottom), (left, right) = padding
     # the result is typed like ``a`` (the operand with the batch), so it is per-device inside shard_map as well
-    result = jax.typeof(a).update(shape=tuple(out_shape), dtype=jnp.float32)
+    result = jax.typeof(a).update(shape=tuple(out_shape), dtype=dtype)
     call = jax.ffi.ffi_call(TARGET, result, vmap_method="sequential")
     attrs = dict(sh=stride, sw=stride, pt=top, pb=bottom, pl=left, pr=right)
     return call(a, b, **{"pass": np.int64(which)}, **{k: np.int64(v) for k, v in attrs.items()})
@@ -136,15 +152,16 @@ def output_shape(x_shape: Sequence[int], kernel_shape: Sequence[int], stride: in
 
 
 def forward(x: jax.Array, kernel: jax.Array, stride: int, padding: Padding) -> jax.Array:
-    """The convolution (oneDNN's forward pass)."""
-    return _call(0, x, kernel, output_shape(x.shape, kernel.shape, stride, padding), stride, padding)
+    """The convolution (oneDNN's forward pass), in the operands' type."""
+    return _call(0, x, kernel, output_shape(x.shape, kernel.shape, stride, padding), stride, padding, x.dtype)
 
 
 def input_grad(g: jax.Array, kernel: jax.Array, stride: int, padding: Padding, x_shape: Sequence[int]) -> jax.Array:
-    """The input gradient (oneDNN's backward-data pass)."""
-    return _call(1, g, kernel, x_shape, stride, padding)
+    """The input gradient (oneDNN's backward-data pass), in the operands' type."""
+    return _call(1, g, kernel, x_shape, stride, padding, g.dtype)
 
 
 def kernel_grad(x: jax.Array, g: jax.Array, stride: int, padding: Padding, kernel_shape: Sequence[int]) -> jax.Array:
-    """The kernel gradient (oneDNN's backward-weights pass)."""
-    return _call(2, x, g, kernel_shape, stride, padding)
+    """The kernel gradient (oneDNN's backward-weights pass), accumulated in fp32 and rounded once to the
+    operands' type."""
+    return _call(2, x, g, kernel_shape, stride, padding, jnp.float32).astype(x.dtype)
