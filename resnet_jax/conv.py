@@ -13,8 +13,9 @@ C++ compiler are installed, its convolutions run inside the XLA program as an FF
 (:mod:`resnet_jax.native.onednn`).
 
 ``impl``: ``"xla"`` (every pass XLA's), ``"im2col"`` (every pass a matmul), ``"onednn"`` (every pass oneDNN's;
-CPUs, fp32, and bf16 on CPUs with bf16 arithmetic) or ``"auto"``: on CPUs the rules of :func:`cpu_plan`, measured with ``benchmarks/conv_passes.py``,
-with oneDNN where it is available; elsewhere XLA's (cuDNN and the TPU compiler are right there).
+CPUs; fp32, and bf16 on CPUs with bf16 arithmetic) or ``"auto"``: on CPUs the rules of :func:`cpu_plan`, measured
+with ``benchmarks/conv_passes.py``, with oneDNN where it is available; elsewhere XLA's (cuDNN and the TPU compiler
+are right there).
 
 On CPUs, XLA's gradients are written out as forward convolutions in NHWC/HWIO form (:func:`xla_input_grad`,
 :func:`xla_kernel_grad`), bitwise equal to JAX's own. JAX's transposed forms need XLA:CPU to rewrite them into
