@@ -112,16 +112,22 @@ def test_auto_is_xla_off_cpu_and_planned_on_cpu(monkeypatch):
         models.create_model("resnet18", conv_impl="fast")
 
 
-def test_bfloat16_uses_onednn_only_on_a_cpu_with_bf16_arithmetic_and_says_once_why_not(caplog, monkeypatch):
+def test_bfloat16_uses_onednn_only_on_a_cpu_with_bf16_arithmetic_and_says_once_why_not(caplog, monkeypatch,
+                                                                                        request):
     taps = conv.Plan("xla", "xla", "shifted")
     shape, kernel = (8, 32, 32, 16), (3, 3, 16, 16)
+
+    def forget():  # the answers for made-up CPUs, and at the end for this one
+        for cached in (conv.onednn_bf16_unavailable, conv._onednn_bf16_for_auto):
+            cached.cache_clear()
+
+    request.addfinalizer(forget)
 
     def plans(flags):
         """Three bf16 plans and an fp32 one of a one-device program on a CPU with ``flags``; the warnings."""
         monkeypatch.setattr(conv, "cpu_flags", lambda: frozenset(flags))
         monkeypatch.setattr(conv, "_traced_per_device", lambda: True)
-        for cached in (conv.onednn_bf16_unavailable, conv._onednn_bf16_for_auto):
-            cached.cache_clear()
+        forget()
         caplog.clear()
         with caplog.at_level("WARNING", logger="resnet_jax.conv"):
             got = [conv.plan_for("auto", shape, kernel, 1, jnp.bfloat16) for _ in range(3)]

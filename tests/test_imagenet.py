@@ -159,7 +159,7 @@ def test_the_imagenet_study_subset_keeps_the_first_classes_and_their_labels(tmp_
     assert tuple(c.lr_boundaries) == (500, 750) and c.warmup_steps == 25 and c.lr_scaling == "linear"
     assert reproduce.imagenet_config("plain18", "folder:x", 1000, 256, False).shortcut == ""
     c = reproduce.imagenet_config("plain18", "folder:x", 1000, 64, True, seed=3, steps_per_loop=50)
-    assert (c.seed, c.steps_per_loop, c.on_device_data, c.train_preset) == (3, 50, True, "cifar")
+    assert (c.seed, c.steps_per_loop, c.on_device_data, c.train_preset) == (3, 50, True, "imagenet")
 
 
 def test_the_imagenet_study_states_each_claim_from_its_numbers():

@@ -413,8 +413,48 @@ def test_on_device_training_runs_and_resumes(tiny, tmp_path):
     with pytest.raises(training.ConfigError, match=r"test holds 16x16 images, but image_size is 8"):
         training.train_and_evaluate(tiny_config(tiny, on_device_data=True, image_size=8, train_split="test"),
                                      str(tmp_path / "c"))
-    with pytest.raises(training.ConfigError, match="on_device_data implements the cifar preset"):
+    with pytest.raises(training.ConfigError, match="on_device_data augments with the cifar and imagenet presets, not "
+                                                   "'inception'; set train_preset"):
         training.prepare(tiny_config(tiny, on_device_data=True, train_preset="inception"), str(tmp_path / "b"))
+    # Sec. 3.4's preset: the device scale-augments, and the evaluation sees the center view (central 14 of 16 px,
+    # enlarged), made once on the host with the pixels of the host's evaluation
+    c = tiny_config(tiny, on_device_data=True, train_preset="imagenet", eval_preset="center", num_train_steps=2,
+                    eval_every_steps=2, checkpoint_every_steps=2)
+    run = training.prepare(c, str(tmp_path / "d"))
+    views = list(data.eval_batches(run.eval_source, 8, "center", 16, process_index=0, process_count=1))
+    mask = np.concatenate([b["mask"] for b in views])
+    np.testing.assert_array_equal(run.arrays["eval"][0], np.concatenate([b["image"] for b in views])[mask])
+    assert not np.array_equal(run.arrays["eval"][0], data.load_arrays(run.eval_source)[0])
+    assert np.isfinite(training.train_and_evaluate(c, str(tmp_path / "d"))["eval_top1_error"])
+
+
+def test_on_device_scale_augmentation_zooms_shifts_colours_and_flips_as_sec_3_4():
+    """The imagenet preset on the device: each image a window of 64 / s of its stored 64 pixels, s ~ U[73, 137]
+    (256-480 scaled to a 64 crop), enlarged to 64 (a horizontal ramp's slope falls to 0.47-0.88 of its own), one
+    PCA colour shift per image, flipped half the time; a pure function of the step."""
+    mesh = training.make_mesh()
+    ramp = np.broadcast_to((np.arange(64) * 4)[None, :, None], (64, 64, 3)).astype(np.uint8)
+    put = lambda x: jax.device_put(x, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))  # noqa: E731
+    dataset = training.OnDeviceData(put(np.stack([ramp] * 64)), put(np.arange(64, dtype=np.int32)), batch_size=64,
+                                    seed=0, preset="imagenet", image_size=64)
+    draw = jax.jit(dataset.draw)
+    batch = np.asarray(draw(dataset.arrays, jnp.int32(0))["image"])
+    assert batch.dtype == np.uint8 and batch.shape == (64, 64, 64, 3)
+    np.testing.assert_array_equal(batch, np.asarray(draw(dataset.arrays, jnp.int32(0))["image"]))
+    assert not np.array_equal(batch, np.asarray(draw(dataset.arrays, jnp.int32(1))["image"]))
+    rows = batch[:, 32, 4:60, 0].astype(np.float64)
+    slopes = np.array([np.polyfit(np.arange(rows.shape[1]), r, 1)[0] for r in rows]) / 4
+    assert np.all((np.abs(slopes) > 0.44) & (np.abs(slopes) < 0.9)), np.sort(np.abs(slopes))
+    assert np.abs(slopes).min() < 0.55 and np.abs(slopes).max() > 0.8  # the whole range of scales is drawn
+    assert 15 < (slopes < 0).sum() < 49  # flipped about half the time
+    grey = training.OnDeviceData(put(np.full((64, 64, 64, 3), 128, np.uint8)), dataset.labels, 64, 0, "imagenet", 64)
+    shifted = np.asarray(grey.draw(grey.arrays, jnp.int32(0))["image"]).astype(np.float64)
+    assert shifted.std(axis=(1, 2)).max() == 0  # one shift per image, no border effects
+    offsets = shifted[:, 0, 0] - 128
+    assert 2 < offsets.std() < 12 and np.abs(offsets).max() > 3  # alpha ~ N(0, 0.1) on ImageNet's eigenvalues
+    other = training.on_device_data(np.zeros((8, 80, 96, 3), np.uint8), np.zeros(8, np.int32), 8, 0, mesh,
+                                    "imagenet", 32)  # any stored size, drawn at image_size
+    assert other.draw(other.arrays, jnp.int32(0))["image"].shape == (8, 32, 32, 3)
 
 
 @pytest.mark.slow

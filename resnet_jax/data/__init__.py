@@ -35,6 +35,7 @@ from resnet_jax.data.pipelines import (
     eval_batches,
     eval_view_shape,
     load_arrays,
+    load_views,
     normalize,
     pixel_mean,
     to_global,
@@ -65,8 +66,8 @@ from resnet_jax.data.sources import (
 
 __all__ = ["EVAL_PRESETS", "IMAGENET_MEAN", "IMAGENET_STD", "IMAGE_EXTENSIONS", "MULTISCALE_SIZES", "PCA_EIGVAL",
            "PCA_EIGVEC", "SYNTHETIC_SPLITS", "TRAIN_PRESETS", "DataError", "Source", "array_batches", "backend",
-           "center_resize",
-           "decode_files", "decode_images", "eval_batches", "eval_preprocess", "eval_view_shape", "eval_views",
-           "folder_source", "get_source", "image_problem", "is_synthetic", "load_arrays", "normalize", "pixel_mean",
+           "center_resize", "decode_files", "decode_images", "eval_batches", "eval_preprocess", "eval_view_shape",
+           "eval_views", "folder_source", "get_source", "image_problem", "is_synthetic", "load_arrays", "load_views",
+           "normalize", "pixel_mean",
            "resize_shorter", "synthetic_source", "ten_crop_boxes", "tfds_source", "to_global", "train_batches",
            "train_preprocess", "unreadable_files"]

@@ -160,6 +160,15 @@ def load_arrays(source: Source) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate(images), np.concatenate(labels).astype(np.int32)
 
 
+def load_views(source: Source, preset: str, image_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """A whole split's evaluation views in memory (``preset`` ``cifar`` or ``center``): the pixels
+    :func:`eval_batches` serves, without its padding; uint8 (N, S, S, 3) and int32 labels."""
+    batches = list(eval_batches(source, 1024, preset, image_size, process_index=0, process_count=1))
+    mask = np.concatenate([b["mask"] for b in batches])
+    return (np.concatenate([b["image"] for b in batches])[mask],
+            np.concatenate([b["label"] for b in batches])[mask].astype(np.int32))
+
+
 def pixel_mean(source: Source, max_examples: int | None = None) -> np.ndarray:
     """Per-pixel mean image of a split (the paper's CIFAR normalisation, Sec. 4.2), float32 (H, W, 3)."""
     total, count = 0.0, 0

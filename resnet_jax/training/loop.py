@@ -112,7 +112,8 @@ class Steps:
     @classmethod
     def build(cls, run: Run, tx: Any, schedule: Any, mesh: jax.sharding.Mesh) -> Steps:
         config = run.config
-        dataset = on_device_data(*run.arrays["train"], config.batch_size, config.seed, mesh) if run.arrays else None
+        dataset = (on_device_data(*run.arrays["train"], config.batch_size, config.seed, mesh, config.train_preset,
+                                  config.image_size) if run.arrays else None)
         k = config.get("steps_per_loop", 1)
         args = (run.model, tx, mesh, run.mean, run.std, run.model.num_classes, config.label_smoothing, schedule,
                 dataset)

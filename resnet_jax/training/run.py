@@ -16,6 +16,7 @@ from resnet_jax import checkpoint, class_names, conv, data, models, storage
 from resnet_jax.mesh import AXIS
 from resnet_jax.training.errors import ConfigError
 from resnet_jax.training.init import load_init_from
+from resnet_jax.training.on_device import PRESETS as ON_DEVICE_PRESETS
 from resnet_jax.training.periodic import profile_steps
 from resnet_jax.training.recipe import frozen_parts, model_options
 
@@ -66,8 +67,9 @@ def check_config(config: ml_collections.ConfigDict) -> None:
                           f"{jax.device_count()} devices")
     if config.train_preset not in data.TRAIN_PRESETS:
         raise ConfigError(f"train_preset must be one of {data.TRAIN_PRESETS}, got {config.train_preset!r}")
-    if config.on_device_data and config.train_preset != "cifar":
-        raise ConfigError("on_device_data implements the cifar preset's augmentation; set train_preset=cifar")
+    if config.on_device_data and config.train_preset not in ON_DEVICE_PRESETS:
+        raise ConfigError(f"on_device_data augments with the {' and '.join(ON_DEVICE_PRESETS)} presets, not "
+                          f"{config.train_preset!r}; set train_preset to one of them")
     if config.eval_preset not in ("cifar", "center"):
         raise ConfigError(f"eval_preset during training must be 'cifar' or 'center', got {config.eval_preset!r}")
     try:
@@ -101,12 +103,14 @@ def prepare(config: ml_collections.ConfigDict, workdir: str, mngr=None) -> Run:
         raise ConfigError(f"{config.dataset}:{config.train_split} has {train_source.num_examples} examples, "
                           f"fewer than batch_size {config.batch_size}")
     arrays = None
-    if config.on_device_data:  # small images: both splits are decoded once, here
-        arrays = {"train": data.load_arrays(train_source), "eval": data.load_arrays(eval_source)}
-        for split, (images, _) in zip((config.train_split, config.eval_split), arrays.values()):
-            if images.shape[1:3] != (config.image_size, config.image_size):
-                raise ConfigError(f"on_device_data: {config.dataset}:{split} holds {images.shape[2]}x"
-                                  f"{images.shape[1]} images, but image_size is {config.image_size}")
+    if config.on_device_data:  # small images: the train split decoded once, the evaluation's views made once, here
+        arrays = {"train": data.load_arrays(train_source)}
+        images = arrays["train"][0]
+        if config.train_preset == "cifar" and images.shape[1:3] != (config.image_size, config.image_size):
+            raise ConfigError(f"on_device_data: {config.dataset}:{config.train_split} holds {images.shape[2]}x"
+                              f"{images.shape[1]} images, but image_size is {config.image_size} (the cifar preset "
+                              f"crops at the stored size)")
+        arrays["eval"] = data.load_views(eval_source, config.eval_preset, config.image_size)
     options = model_options(config)
     # conv_impl changes speed, not parameters or results: it is not part of the checkpoint's model options
     model = models.create_model(config.model, num_classes=len(train_source.class_names),
