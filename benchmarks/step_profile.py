@@ -1,7 +1,7 @@
 """Where the whole CPU train step's time goes, by kind of work: ours (train.py's step) beside PyTorch's.
 
     python benchmarks/step_profile.py --model=cifar_resnet20 --image_size=32 --batch_size=128 [--torch] \
-        [--steps=5] [--output=out.json]
+        [--dtype=bfloat16] [--steps=5] [--output=out.json]
 
 Ours: a ``jax.profiler`` trace of ``--steps`` steps of benchmarks/train_step.py's step (``conv_impl=auto``).
 Each op of the trace is the instruction of that name in the compiled program, classified by what it computes:
@@ -9,9 +9,10 @@ convolutions (oneDNN's custom calls, XLA's convolutions), matmuls (im2col convol
 reductions over the batch (batch-norm statistics and their gradients), transposes and copies of activations,
 elementwise work on activations (normalising, ReLU, the shortcut additions and option A's padding, and their
 gradients), and work on parameter-sized arrays (the optimizer update, weight decay, the gradients' mean).
-PyTorch (``--torch``, ``channels_last``, fp32, SGD): ``torch.profiler``'s self time of each ATen op, grouped
-the same way. "Outside the ops" is the profiled step's wall time that no op accounts for (dispatch, the
-framework); the step's median time without the profiler is printed beside it.
+PyTorch (``--torch``, ``channels_last``, SGD; fp32, or bf16 autocast with ``--dtype=bfloat16``):
+``torch.profiler``'s self time of each ATen op, grouped the same way. "Outside the ops" is the profiled step's
+wall time that no op accounts for (dispatch, the framework); the step's median time without the profiler is
+printed beside it.
 
 The process's allocator is set as train.py sets it (``resnet_jax.host_memory``, the same for both);
 ``RESNET_JAX_MALLOC=0`` profiles glibc's default instead.
@@ -165,11 +166,13 @@ def main() -> None:
     p.add_argument("--image_size", type=int, default=32)
     p.add_argument("--num_classes", type=int, default=10)
     p.add_argument("--steps", type=int, default=5)
-    p.add_argument("--torch", action="store_true", help="also profile PyTorch's step (channels_last, fp32)")
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
+                   help="the compute type (parameters stay fp32); PyTorch's step under bf16 autocast for bfloat16")
+    p.add_argument("--torch", action="store_true", help="also profile PyTorch's step (channels_last)")
     p.add_argument("--output")
     args = p.parse_args()
-    args.dtype, args.scan, args.remat, args.on_device_data = "float32", False, False, False
-    result = dict(model=args.model, batch_size=args.batch_size, image_size=args.image_size,
+    args.scan, args.remat, args.on_device_data = False, False, False
+    result = dict(model=args.model, batch_size=args.batch_size, image_size=args.image_size, dtype=args.dtype,
                   **common.environment())
     result["ours"] = profile_ours(args)
     if args.torch:
