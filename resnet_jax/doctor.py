@@ -58,10 +58,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"backend {backend}: {len(devices)} device(s), {devices[0].device_kind}; "
               f"{jax.process_count()} process(es)")
         if backend == "cpu":  # builds the oneDNN convolutions now if they are not cached yet
-            from resnet_jax.native import onednn
+            from resnet_jax import conv
 
-            reason = onednn.unavailable()
+            reason = conv.onednn.unavailable()
             print(f"convolutions: {'oneDNN (conv_impl=auto)' if reason is None else 'XLA/im2col: ' + reason}")
+            reason = conv.onednn_bf16_unavailable()
+            print(f"dtype=bfloat16 convolutions: {'oneDNN' if reason is None else 'XLA: ' + reason}")
             kept = host_memory.left_as_is()
             print(f"host memory: {'freed memory kept for the next step' if kept is None else 'glibc default: ' + kept}")
     except Exception as e:  # a broken install: say so rather than a traceback

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import evaluate
-from resnet_jax import checkpoint, convert, data, plot, training
+from resnet_jax import checkpoint, conv, convert, data, plot, training
 from tests.test_evaluate import save_run
 from tests.test_train import (
     CLI_OVERRIDES,
@@ -130,6 +130,8 @@ def test_doctor_reports_versions_and_refuses_mismatches(capsys):
     assert doctor.main([]) == 0
     out = capsys.readouterr().out
     assert "jaxlib" in out and "backend cpu" in out and "host memory: " in out
+    bf16 = conv.onednn_bf16_unavailable()
+    assert f"dtype=bfloat16 convolutions: {'oneDNN' if bf16 is None else 'XLA: ' + bf16}\n" in out
     assert doctor.main(["--expect=gpu"]) == 1
     assert "error: expected a gpu backend, JAX found cpu" in capsys.readouterr().err
     problems = doctor.plugin_problems({"jaxlib": "0.10.1", "jax-cuda12-plugin": "0.10.2", "jax-cuda12-pjrt": "0.10.1"})
