@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The ImageNet study (Sec. 4.1, Figure 4, Table 2) on one GPU: plain-18/34 and ResNet-18/34 (option A) with the
-# full 40-epoch tiny_imagenet recipe on Tiny ImageNet's first 100 classes, the train set on the device and
-# STEPS_PER_LOOP steps per jitted call. ../shared does not travel to a lent GPU, so pack the subset here first
+# full 40-epoch tiny_imagenet recipe on Tiny ImageNet's first 100 classes, the train set on the device (scale-
+# augmented there as on the host, Sec. 3.4; since 2026-12-01) and STEPS_PER_LOOP steps per jitted call. ../shared does not travel to a lent GPU, so pack the subset here first
 # (~35 MB, into the git-ignored gpu_data/) and carry it:
 #   bash benchmarks/gpu_imagenet.sh --pack ../shared/data/tiny-imagenet-200.tar.gz gpu_data/tiny-imagenet-100.tar.gz
 # then, on the GPU (the study resumes: rerun the same command if a call's time limit cuts it short):
