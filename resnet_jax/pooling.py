@@ -38,8 +38,10 @@ def _backward(window, stride, residuals, g):
     x, y = residuals
     _, h, w, _ = x.shape
     _, ho, wo, _ = y.shape
+    total = jnp.promote_types(g.dtype, jnp.float32)  # a bf16 gradient's overlapping windows summed in fp32
+    g = g.astype(total)
     taken = jnp.zeros(y.shape, bool)
-    dx = jnp.zeros_like(x)
+    dx = jnp.zeros(x.shape, total)
     views = conv.shifted_views(x, window, window, stride, UNPADDED)
     for tap, view in enumerate(views):  # row-major taps: the first maximum of a window takes its gradient
         hit = (view == y) & ~taken
@@ -47,8 +49,8 @@ def _backward(window, stride, residuals, g):
         i, j = divmod(tap, window)
         spread = ((0, 0, 0), (i, h - i - stride * (ho - 1) - 1, stride - 1),
                   (j, w - j - stride * (wo - 1) - 1, stride - 1), (0, 0, 0))
-        dx = dx + lax.pad(jnp.where(hit, g, jnp.zeros_like(g)), jnp.zeros((), g.dtype), spread)
-    return (dx,)
+        dx = dx + lax.pad(jnp.where(hit, g, jnp.zeros_like(g)), jnp.zeros((), total), spread)
+    return (dx.astype(x.dtype),)  # rounded once
 
 
 tap_max_pool.defvjp(_forward, _backward)

@@ -34,6 +34,20 @@ def test_values_match_flax_bitwise_and_gradients_go_to_the_same_element(shape, w
     np.testing.assert_array_equal(ours_back(g)[0] != 0, back(g)[0] != 0)
 
 
+def test_a_bf16_gradient_is_the_fp32_gradient_rounded_once():
+    """bf16: the up to four overlapping windows' gradients of an element (3x3 at stride 2) are summed in fp32 and
+    rounded once, not rounded after each addition."""
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=(4, 16, 16, 8)), jnp.bfloat16)
+    y, back = jax.vjp(lambda x: pooling.tap_max_pool(padded(x), 3, 2), x)
+    g = jnp.asarray(rng.normal(size=y.shape) * np.exp(rng.normal(size=y.shape)), jnp.bfloat16)  # mixed magnitudes
+    _, back32 = jax.vjp(lambda x: pooling.tap_max_pool(padded(x), 3, 2), x.astype(jnp.float32))
+    (got,), (want,) = back(g), back32(g.astype(jnp.float32))
+    assert got.dtype == jnp.bfloat16
+    np.testing.assert_array_equal(np.asarray(got.astype(jnp.float32)), np.asarray(want.astype(jnp.bfloat16)
+                                                                                  .astype(jnp.float32)))
+
+
 def test_the_stem_pools_by_views_on_cpus_and_with_flax_in_portable_programs():
     model = models.create_model("resnet18", num_classes=10)
     variables = models.abstract_variables(model, 32)
