@@ -306,8 +306,8 @@ def plan_for(impl: str, shape: Sequence[int], kernel_shape: Sequence[int], strid
         reason = onednn.unavailable()
         if reason:
             raise ValueError(f"conv_impl='onednn': {reason}")
-        if dtype == jnp.bfloat16 and onednn_bf16_unavailable():
-            raise ValueError(f"conv_impl='onednn' with bfloat16: {onednn_bf16_unavailable()}")
+        if dtype == jnp.bfloat16 and (reason := onednn_bf16_unavailable()):
+            raise ValueError(f"conv_impl='onednn' with bfloat16: {reason}")
         if dtype not in (jnp.float32, jnp.bfloat16):
             raise ValueError(f"conv_impl='onednn' computes in float32 or bfloat16, got {dtype.name}")
     return Plan(impl, impl, impl)  # "xla" on CPUs: gradients that stay fast inside loops
