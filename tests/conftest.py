@@ -1,6 +1,8 @@
 """Shared fixtures. Four CPU devices let the sharding tests run on a laptop-sized machine."""
 
+import fcntl
 import os
+import shutil
 import tarfile
 import tempfile
 from pathlib import Path
@@ -25,17 +27,36 @@ def shared_file(relative: str) -> Path:
     return path
 
 
+def once_per_session(tmp_path_factory, name: str, make) -> Path:
+    """``<session folder>/<name>``, made by ``make(path)`` once per test session: the xdist workers share the
+    session's folder; the first to need ``name`` makes it while the others wait for it (a file lock), and a
+    ``make`` cut short by a failure is redone by the next one."""
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    path, done = shared / name, shared / f"{name}.done"
+    with open(shared / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file is closed
+        if not done.exists():
+            shutil.rmtree(path, ignore_errors=True)
+            make(path)
+            done.touch()
+    return path
+
+
 def extract(tmp_path_factory, archive: str, folder: str) -> Path:
-    """``../shared/<archive>`` extracted into a fresh temporary directory; returns its ``folder``."""
-    target = tmp_path_factory.mktemp(folder)
-    with tarfile.open(shared_file(archive)) as tar:
-        tar.extractall(target, filter="data")
-    return target / folder
+    """``../shared/<archive>`` extracted once per test session (read-only for the tests); returns its ``folder``."""
+    source = shared_file(archive)
+
+    def make(target: Path) -> None:
+        with tarfile.open(source) as tar:
+            tar.extractall(target, filter="data")
+
+    return once_per_session(tmp_path_factory, f"extracted-{folder}", make) / folder
 
 
 @pytest.fixture(scope="session")
 def cifar10_root(tmp_path_factory) -> Path:
-    """The real CIFAR-10 JPEG folders from ../shared, extracted once per session."""
+    """The real CIFAR-10 JPEG folders from ../shared."""
     return extract(tmp_path_factory, "data/cifar10-jpeg.tar.gz", "cifar10")
 
 

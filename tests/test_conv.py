@@ -24,7 +24,7 @@ def registry_convolutions() -> list:
         model = models.create_model(name, conv_impl="xla")
         size = 32 if name.startswith("cifar") else 64
         x = jax.ShapeDtypeStruct((2, size, size, 3), jnp.float32)
-        found.update(conv.traced_convolutions(model.apply, models.abstract_variables(model, size), x))
+        found.update(conv.traced_convolutions(lambda x, model=model: model.init(jax.random.key(0), x), x))  # one trace
     return sorted(found)
 
 

@@ -78,7 +78,7 @@ def test_tiny_imagenet_trains_and_predicts_in_class_names(tiny_imagenet_root, tm
 
 @pytest.mark.slow
 def test_imagenet_and_shortcuts_studies_train_evaluate_and_write_their_tables(tiny_imagenet_root, tmp_path):
-    """``reproduce imagenet`` on 3 real classes for 24 steps, with the two 18-layer networks (the 34-layer ones
+    """``reproduce imagenet`` on 2 real classes for 10 steps of 8 images, with the two 18-layer networks (the 34-layer ones
     run the same code at twice the compile time; the study's run in docs/imagenet.md trained all four): plain-18
     and ResNet-18 (option A) train through the normal code, are evaluated center and 10-crop, and the figure and
     table are written; a rerun skips the trained models and their evaluation. Then ``reproduce shortcuts`` on the
@@ -88,7 +88,7 @@ def test_imagenet_and_shortcuts_studies_train_evaluate_and_write_their_tables(ti
     from resnet_jax import reproduce
 
     models = ["plain18", "resnet18"]
-    common = [f"--dataset=folder:{tiny_imagenet_root}", "--classes=3", "--steps=24", "--batch_size=16"]
+    common = [f"--dataset=folder:{tiny_imagenet_root}", "--classes=2", "--steps=10", "--batch_size=8"]
     studies = tmp_path / "imagenet"
     args = ["imagenet", *common, f"--models={','.join(models)}", f"--workdir={studies}"]
     reproduce.main(args)
@@ -96,14 +96,14 @@ def test_imagenet_and_shortcuts_studies_train_evaluate_and_write_their_tables(ti
     for name in ("plain-18", "ResNet-18"):
         assert f"| {name} |" in table, table
     assert "top-1 center" in table and "top-1 10-crop" in table and "| 27.94 % |" in table
-    assert "3 classes, 600 training and 150 validation images" in table
+    assert "2 classes, 400 training and 100 validation images" in table
     assert (studies / "imagenet.png").stat().st_size > 5000
     for model in models:
         evaluation = json.loads((studies / model / "evaluation.json").read_text())
-        assert evaluation["step"] == 24 and evaluation["10"]["num_examples"] == 150
+        assert evaluation["step"] == 10 and evaluation["10"]["num_examples"] == 100
         assert evaluation["center"]["view"] == "center crop" and evaluation["10"]["view"] == "10-crop"
         _, _, info = checkpoint.load_checkpoint(str(studies / model))
-        assert info["num_classes"] == 3 and info["class_names"][0] == "goldfish"
+        assert info["num_classes"] == 2 and info["class_names"][0] == "goldfish"
         assert info["model_options"].get("shortcut") == ("A" if model == "resnet18" else None)  # plain: none
         rows = [json.loads(line) for line in (studies / model / "metrics.jsonl").read_text().splitlines()]
         losses = [r["train_loss"] for r in rows if "train_loss" in r]
@@ -136,7 +136,7 @@ def test_imagenet_and_shortcuts_studies_train_evaluate_and_write_their_tables(ti
     assert (shortcuts / "shortcuts.png").stat().st_size > 5000
     for option in "BC":
         _, _, info = checkpoint.load_checkpoint(str(shortcuts / f"resnet18_{option}"))
-        assert info["model_options"]["shortcut"] == option and info["config"]["num_train_steps"] == 24
+        assert info["model_options"]["shortcut"] == option and info["config"]["num_train_steps"] == 10
     mtimes = {p: p.stat().st_mtime for p in tmp_path.rglob("evaluation.json")}
     assert len(mtimes) == 5  # plain18, resnet18, resnet18-seed1 of the ImageNet study; B and C
     reproduce.main(args)

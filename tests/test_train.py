@@ -1,11 +1,9 @@
 """Training: schedules, the sharded step's BN modes, checkpoints, exact resume after kill -9, SIGTERM,
 NaN and config errors, and 2 processes x 2 devices against 1 process x 4 devices."""
 
-import fcntl
 import json
 import logging
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -22,6 +20,7 @@ from PIL import Image
 
 from resnet_jax import checkpoint, data, models, training
 from resnet_jax.configs import cifar10
+from tests.conftest import once_per_session
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -216,19 +215,14 @@ def final_params(workdir):
 
 @pytest.fixture(scope="module")
 def reference_run(tiny, tmp_path_factory):
-    """An uninterrupted 16-step run (checkpoint every 2 steps), the baseline for the process tests. Trained once
-    per test session: the xdist workers share it through their session's folder (each worker's ``tiny`` holds the
-    same bytes); the first to need it trains it, the others wait for it."""
-    base = tmp_path_factory.getbasetemp()
-    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
-    workdir, done = shared / "reference-run", shared / "reference-run.done"
-    with open(shared / "reference-run.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file is closed
-        if not done.exists():
-            shutil.rmtree(workdir, ignore_errors=True)  # a run cut short by a failure
-            cmd, env = cli(workdir, tiny, 16, "--config.checkpoint_every_steps=2", "--config.eval_every_steps=8")
-            subprocess.run(cmd, env=env, check=True, capture_output=True, timeout=300)
-            done.touch()
+    """An uninterrupted 16-step run (checkpoint every 2 steps), the baseline for the process tests, trained once
+    per test session (each xdist worker's ``tiny`` holds the same bytes)."""
+
+    def make(workdir: Path) -> None:
+        cmd, env = cli(workdir, tiny, 16, "--config.checkpoint_every_steps=2", "--config.eval_every_steps=8")
+        subprocess.run(cmd, env=env, check=True, capture_output=True, timeout=300)
+
+    workdir = once_per_session(tmp_path_factory, "reference-run", make)
     return final_params(workdir)
 
 
