@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import time
+from typing import Any
 
 import jax
 
@@ -34,6 +36,23 @@ def keep_rows_through(path: str, step: int) -> None:
         storage.write_text(path, "".join(kept))
 
 
+def summary_writer(logdir: str) -> Any:
+    """tensorboardX's ``SummaryWriter`` on ``logdir`` (a bucket too), or None where tensorboardX is not installed.
+    Imported with PyTorch hidden: tensorboardX imports torch wherever it is installed, 3-4 s of every start, only
+    to accept torch tensors, and the scalars logged here are floats."""
+    hide = "torch" not in sys.modules
+    if hide:
+        sys.modules["torch"] = None  # ``import torch`` raises ImportError, which tensorboardX expects
+    try:
+        from tensorboardX import SummaryWriter
+    except ImportError:  # TensorBoard is optional
+        return None
+    finally:
+        if hide:
+            del sys.modules["torch"]
+    return SummaryWriter(logdir)
+
+
 class RunLogger:
     def __init__(self, workdir: str, total_steps: int, start_step: int, batch_size: int, steps_per_epoch: int):
         self.workdir, self.batch_size, self.steps_per_epoch = workdir, batch_size, steps_per_epoch
@@ -47,12 +66,7 @@ class RunLogger:
 
             self.bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True,
                             desc=storage.basename(workdir))
-            try:
-                from tensorboardX import SummaryWriter
-
-                self.writer = SummaryWriter(storage.join(workdir, "tensorboard"))
-            except ImportError:  # TensorBoard is optional
-                self.writer = None
+            self.writer = summary_writer(storage.join(workdir, "tensorboard"))
 
     def tick(self, step: int) -> None:
         if self.bar is not None:

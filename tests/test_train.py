@@ -297,6 +297,30 @@ def test_a_resumed_run_forgets_the_rows_logged_after_its_checkpoint(tmp_path):
     assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == [2, 4]
 
 
+def test_tensorboard_scalars_are_written_without_importing_torch(tmp_path):
+    """tensorboardX imports PyTorch wherever it is installed, 3-4 s of every run's start; the run's writer
+    leaves it out, and its event file holds the scalars (read back as TFRecords of ``Event`` protos)."""
+    import importlib.util
+    import struct
+
+    from tensorboardX.proto import event_pb2
+
+    if importlib.util.find_spec("torch") is None:
+        pytest.skip("PyTorch is not installed: nothing to leave out")
+    code = ("import sys; from resnet_jax import logger; w = logger.summary_writer(sys.argv[1]); "
+            "w.add_scalar('train_loss', 1.5, 3); w.close(); print('torch' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.split() == ["False"], done.stderr[-2000:]
+    [events] = tmp_path.glob("events.out.tfevents.*")
+    raw, scalars = events.read_bytes(), []
+    while raw:  # TFRecord: length, its CRC, the record, its CRC
+        (n,) = struct.unpack("<Q", raw[:8])
+        event = event_pb2.Event.FromString(raw[12:12 + n])
+        scalars += [(v.tag, v.simple_value, event.step) for v in event.summary.value]
+        raw = raw[12 + n + 4:]
+    assert scalars == [("train_loss", 1.5, 3)]
+
+
 @pytest.mark.slow
 def test_steps_per_loop_trains_bitwise_like_single_steps(tiny, tmp_path, reference_run):
     workdir = tmp_path / "looped"  # 4 steps per call; logs every 4 steps, checkpoints every 8
