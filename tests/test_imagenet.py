@@ -78,8 +78,9 @@ def test_tiny_imagenet_trains_and_predicts_in_class_names(tiny_imagenet_root, tm
 
 @pytest.mark.slow
 def test_imagenet_and_shortcuts_studies_train_evaluate_and_write_their_tables(tiny_imagenet_root, tmp_path):
-    """``reproduce imagenet`` on 2 real classes for 10 steps of 8 images, with the two 18-layer networks (the 34-layer ones
-    run the same code at twice the compile time; the study's run in docs/imagenet.md trained all four): plain-18
+    """``reproduce imagenet`` on 2 real classes for 10 steps of 8 images, with the two 18-layer networks (the
+    34-layer ones run the same code at twice the compile time; the study's run in docs/imagenet.md trained all
+    four): plain-18
     and ResNet-18 (option A) train through the normal code, are evaluated center and 10-crop, and the figure and
     table are written; a rerun skips the trained models and their evaluation. Then ``reproduce shortcuts`` on the
     same data and budget reuses those two as plain-18 and option A, trains options B and C, and writes Table 3

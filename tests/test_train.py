@@ -554,16 +554,18 @@ def libraries_chatter(env: dict) -> bool:
 
 @pytest.mark.slow
 def test_cifar_folders_train_and_evaluate_without_tensorflow(tiny, tmp_path):
-    # GPU images often lack TensorFlow: on-device CIFAR training and its evaluation must not import it
+    # GPU images often lack TensorFlow: CIFAR training on image folders (on the device or through the host
+    # pipeline) and its evaluation must not import it
     blocker = tmp_path / "blocked"
     blocker.mkdir()
     for name in ("tensorflow", "tensorflow_datasets"):
         (blocker / f"{name}.py").write_text(f"raise ImportError('{name} is blocked in this test')\n")
-    env = {"PYTHONPATH": os.pathsep.join([str(blocker), str(ROOT)])}
-    cmd, env = cli(tmp_path / "run", tiny, 4, "--config.on_device_data=True", "--config.eval_every_steps=4",
-                   devices=2, env=env)
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
+    blocked = {"PYTHONPATH": os.pathsep.join([str(blocker), str(ROOT)])}
+    for run, on_device in (("host", False), ("run", True)):
+        cmd, env = cli(tmp_path / run, tiny, 4, f"--config.on_device_data={on_device}",
+                       "--config.eval_every_steps=4", devices=2, env=blocked)
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
     done = subprocess.run([sys.executable, str(ROOT / "evaluate.py"), f"--workdir={tmp_path / 'run'}"], env=env,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]

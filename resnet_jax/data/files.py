@@ -1,5 +1,5 @@
-"""Image files: decoding with PIL (the accurate IDCT, in threads), the evaluation views computed in numpy, and
-checking that a file is a readable image.
+"""Image files: decoding with PIL (the accurate IDCT, in threads), the evaluation views and the CIFAR training
+augmentation computed in numpy, and checking that a file is a readable image.
 
 No TensorFlow: training and evaluation on CIFAR-style image folders need only these, and so does evaluating
 ImageNet-style folders (center and 10-crop views) where TensorFlow is not installed."""
@@ -87,15 +87,20 @@ def _crop_or_pad(image: np.ndarray, size: int) -> np.ndarray:
     return out
 
 
-def decode_files(paths: Sequence[str], image_size: int | None = None) -> np.ndarray:
-    """Image files decoded with PIL in threads into uint8 (N, H, W, 3) RGB; JPEGs with the accurate IDCT, the
-    same pixels as the TensorFlow evaluation path (tested). With ``image_size`` each image is centrally cropped
-    or zero-padded to it (the ``cifar`` view); without, all must have one size. Errors name the file."""
+def decode_files(paths: Sequence[str], image_size: int | None = None, threads: int | None = None) -> np.ndarray:
+    """Image files decoded with PIL in ``threads`` threads (default: one per CPU, at most 16) into uint8
+    (N, H, W, 3) RGB; JPEGs with the accurate IDCT, the same pixels as the TensorFlow evaluation path (tested).
+    With ``image_size`` each image is centrally cropped or zero-padded to it (the ``cifar`` view); without, all
+    must have one size. Errors name the file."""
     from concurrent.futures import ThreadPoolExecutor
 
     contents = fetched(paths)
-    with ThreadPoolExecutor(min(16, os.cpu_count() or 1)) as pool:
-        images = list(pool.map(lambda i: _read_rgb(paths[i], contents[i]), range(len(paths))))
+    threads = threads or min(16, os.cpu_count() or 1)
+    if threads == 1:
+        images = [_read_rgb(path, content) for path, content in zip(paths, contents)]
+    else:
+        with ThreadPoolExecutor(threads) as pool:
+            images = list(pool.map(lambda i: _read_rgb(paths[i], contents[i]), range(len(paths))))
     if image_size is not None:
         images = [im if im.shape[:2] == (image_size, image_size) else _crop_or_pad(im, image_size) for im in images]
     for path, image in zip(paths, images):
@@ -157,3 +162,17 @@ def eval_views(paths: Sequence[str], preset: str, image_size: int, resize_size: 
     with ThreadPoolExecutor(min(16, os.cpu_count() or 1)) as pool:
         return np.stack(list(pool.map(lambda i: eval_view(paths[i], preset, image_size, resize_size, contents[i]),
                                       range(len(paths)))))
+
+
+def cifar_augment(images: np.ndarray, draws: np.ndarray, size: int) -> np.ndarray:
+    """Sec. 4.2's augmentation of uint8 (N, H, W, 3) images: 4 zero pixels on each side, a random ``size`` crop
+    and a horizontal flip with probability 1/2. ``draws``: (N, 3) numbers in [0, 1) per image, for the crop's
+    row, its column and the flip."""
+    padded = np.pad(images, ((0, 0), (4, 4), (4, 4), (0, 0)))
+    ys = (draws[:, 0] * (padded.shape[1] - size + 1)).astype(np.int64)
+    xs = (draws[:, 1] * (padded.shape[2] - size + 1)).astype(np.int64)
+    out = np.empty((len(images), size, size, images.shape[3]), np.uint8)
+    for k, (y, x, flip) in enumerate(zip(ys, xs, draws[:, 2] < 0.5)):
+        crop = padded[k, y:y + size, x:x + size]
+        out[k] = crop[:, ::-1] if flip else crop
+    return out

@@ -3,6 +3,8 @@ memory, and the device-side pieces (``normalize``, ``to_global``)."""
 
 from __future__ import annotations
 
+import collections
+import itertools
 import math
 from collections.abc import Iterator
 from typing import Any
@@ -11,7 +13,7 @@ import numpy as np
 
 from resnet_jax.data.backend import decode, has_tensorflow, tensorflow
 from resnet_jax.data.errors import DataError
-from resnet_jax.data.files import decode_files, eval_views
+from resnet_jax.data.files import cifar_augment, decode_files, eval_views
 from resnet_jax.data.preprocess import eval_preprocess, train_preprocess
 from resnet_jax.data.sources import Source
 
@@ -34,13 +36,18 @@ def _process_slice(tf, ds, batch_size: int, process_index: int, process_count: i
 def train_batches(source: Source, batch_size: int, preset: str, image_size: int, seed: int = 0,
                   start_step: int = 0, process_index: int | None = None,
                   process_count: int | None = None) -> Iterator[dict[str, np.ndarray]]:
-    """Endless training batches from ``start_step`` on; each epoch drops its last partial batch."""
-    tf = tensorflow()
+    """Endless training batches from ``start_step`` on; each epoch drops its last partial batch. Image folders
+    with the ``cifar`` preset are decoded with PIL, without TensorFlow (``_folder_cifar_batches``)."""
     process_index, process_count = _processes(process_index, process_count)
     steps_per_epoch = source.num_examples // batch_size
     if steps_per_epoch == 0:
         raise DataError(f"{source.name}:{source.split} has {source.num_examples} examples, fewer than one "
                         f"batch of {batch_size}")
+    if source.paths is not None and preset == "cifar":
+        yield from _folder_cifar_batches(source, batch_size, image_size, seed, start_step, process_index,
+                                         process_count)
+        return
+    tf = tensorflow()
     epoch, step_in_epoch = divmod(start_step, steps_per_epoch)
     while True:
         ds = source.epoch(seed, epoch, shuffle=True).take(steps_per_epoch * batch_size)
@@ -57,6 +64,44 @@ def train_batches(source: Source, batch_size: int, preset: str, image_size: int,
         ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         yield from ds.batch(local, drop_remainder=True).prefetch(tf.data.AUTOTUNE).as_numpy_iterator()
         epoch, step_in_epoch = epoch + 1, 0
+
+
+PREFETCH = 2  # host batches made ahead, in a thread, while the device trains
+
+
+def _folder_cifar_batches(source: Source, batch_size: int, image_size: int, seed: int, start_step: int,
+                          process_index: int, process_count: int) -> Iterator[dict[str, np.ndarray]]:
+    """``train_batches`` of the ``cifar`` preset on an image folder, without TensorFlow: each epoch in the order
+    ``Source.order`` gives, this process's slice of each global batch decoded with PIL (``decode_files``), and
+    ``cifar_augment`` drawn for the whole global batch from (seed, step), so a batch is a pure function of its
+    step whatever the number of processes. Batches are made ``PREFETCH`` ahead in a thread."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    local = _local_batch(batch_size, process_count)
+    per_epoch, orders = source.num_examples // batch_size, {}
+
+    def make(step: int) -> dict[str, np.ndarray]:  # runs in the one thread of the pool
+        epoch, position = divmod(step, per_epoch)
+        if epoch not in orders:
+            orders.clear()
+            orders[epoch] = source.order(seed, epoch)
+        index = orders[epoch][position * batch_size:(position + 1) * batch_size]
+        mine = slice(process_index * local, (process_index + 1) * local)
+        draws = np.random.default_rng([seed, step]).random((batch_size, 3))[mine]
+        # one thread: small images decode twice as fast without a pool (1,280 CIFAR JPEGs, 2 cores: 0.33 s, 0.60 s)
+        images = cifar_augment(decode_files(source.paths[index[mine]], image_size, threads=1), draws, image_size)
+        return {"image": images, "label": source.labels[index[mine]], "mask": np.ones(local, bool)}
+
+    with ThreadPoolExecutor(1, thread_name_prefix="resnet_jax-batches") as pool:
+        ahead = collections.deque(pool.submit(make, s) for s in range(start_step, start_step + PREFETCH))
+        try:
+            for step in itertools.count(start_step + PREFETCH):
+                batch = ahead.popleft().result()
+                ahead.append(pool.submit(make, step))
+                yield batch
+        finally:
+            for future in ahead:
+                future.cancel()
 
 
 def eval_view_shape(preset: str, image_size: int) -> tuple[int, ...]:

@@ -44,12 +44,17 @@ class Source:
     tfds_split: str | None = None
     arrays: tuple[np.ndarray, np.ndarray] | None = None  # synthetic: uint8 images and labels, in memory
 
+    def order(self, seed: int, epoch: int, shuffle: bool = True) -> np.ndarray:
+        """An image folder's example indices in this epoch's order: a pure function of seed and epoch."""
+        if not shuffle:
+            return np.arange(self.num_examples)
+        return np.random.default_rng([seed, epoch]).permutation(self.num_examples)
+
     def epoch(self, seed: int, epoch: int, shuffle: bool) -> Any:
         """tf.data of (encoded bytes, label) in this epoch's order (a pure function of seed and epoch)."""
         tf = tensorflow()
         if self.paths is not None:
-            order = (np.random.default_rng([seed, epoch]).permutation(self.num_examples) if shuffle
-                     else np.arange(self.num_examples))
+            order = self.order(seed, epoch, shuffle)
             ds = tf.data.Dataset.from_tensor_slices((self.paths[order], self.labels[order]))
             if storage.is_remote(str(self.paths[0])):  # fetched in groups of concurrent requests (gcsfs)
                 return ds.batch(REMOTE_READ_GROUP).map(

@@ -5,8 +5,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import numpy as np
-
 from resnet_jax import checkpoint, data
 from resnet_jax.training.run import Run
 
@@ -29,7 +27,7 @@ def data_failure(run: Run, source: data.Source, error: Exception, step: int, sav
         if batch_step is not None:
             config = run.config
             epoch, position = divmod(batch_step, run.steps_per_epoch)
-            order = np.random.default_rng([config.seed, epoch]).permutation(source.num_examples)
+            order = source.order(config.seed, epoch)
             # the failing batch, and those the pipeline may have been prefetching after it
             paths = source.paths[order[position * config.batch_size:(position + 9) * config.batch_size]]
         bad = data.unreadable_files(list(paths))
