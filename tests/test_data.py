@@ -157,15 +157,21 @@ def test_tfds_source_with_split_syntax(tiny_tfds):
 # ------------------------------------------------------------------------------------------- geometry
 
 
+def padded_crops(image) -> dict:
+    """Every crop the cifar preset can take of a 32x32 image: {(row, column, flipped): pixels} of the image
+    padded with 4 zero pixels on each side."""
+    padded = np.pad(image, ((4, 4), (4, 4), (0, 0)))
+    crops = {(y, x, 0): padded[y:y + 32, x:x + 32] for y in range(9) for x in range(9)}
+    return crops | {(y, x, 1): crop[:, ::-1] for (y, x, _), crop in crops.items()}
+
+
 def test_cifar_augmentation_is_a_padded_crop_maybe_flipped():
     image = pattern(32, 32)
-    padded = np.pad(image, ((4, 4), (4, 4), (0, 0)))
-    windows = {(y, x, f) for y in range(9) for x in range(9) for f in (0, 1)}
+    windows = padded_crops(image)
     seen = set()
     for i in range(40):
         out = data.train_preprocess(encode_png(image), tf.constant([0, i], tf.int64), "cifar", 32).numpy()
-        match = [(y, x, f) for y, x, f in windows
-                 if np.array_equal(out, (padded[y:y + 32, x:x + 32][:, ::-1] if f else padded[y:y + 32, x:x + 32]))]
+        match = [window for window, crop in windows.items() if np.array_equal(out, crop)]
         assert match, f"example {i} is not a flipped/unflipped crop of the padded image"
         seen.update(match)
     assert len({m[2] for m in seen}) == 2 and len({m[:2] for m in seen}) > 10
@@ -176,24 +182,18 @@ def test_cifar_batches_of_an_image_folder_are_padded_crops_maybe_flipped(tmp_pat
     file of its class padded with 4 zero pixels, flipped or not; over 10 epochs the offsets spread and both flips
     occur."""
     source = data.get_source(f"folder:{write_folder(tmp_path, per_class=4)}", "train")  # 12 PNGs, 32x32
-    files = [(np.asarray(Image.open(p)), label) for p, label in zip(source.paths, source.labels)]
+    files = [(padded_crops(np.asarray(Image.open(p))), label) for p, label in zip(source.paths, source.labels)]
     batches = data.train_batches(source, 4, "cifar", 32, seed=5, process_index=0, process_count=1)
     seen = set()
     for _ in range(30):
         batch = next(batches)
         assert batch["image"].dtype == np.uint8 and batch["image"].shape == (4, 32, 32, 3)
         for image, label in zip(batch["image"], batch["label"]):
-            match = [(k, y, x, f) for k, (pixels, of) in enumerate(files) if of == label
-                     for y in range(9) for x in range(9) for f in (0, 1)
-                     if np.array_equal(image, crop_of(pixels, y, x, f))]
+            match = [(k, *window) for k, (crops, of) in enumerate(files) if of == label
+                     for window, crop in crops.items() if np.array_equal(image, crop)]
             assert len(match) == 1, "not one padded crop (flipped or not) of one file of its class"
             seen.add(match[0][1:])
     assert {f for _, _, f in seen} == {0, 1} and len({(y, x) for y, x, _ in seen}) > 30
-
-
-def crop_of(image, y, x, flip):
-    crop = np.pad(image, ((4, 4), (4, 4), (0, 0)))[y:y + 32, x:x + 32]
-    return crop[:, ::-1] if flip else crop
 
 
 def test_ten_crop_views_of_a_known_image():
