@@ -88,3 +88,30 @@ def test_the_readme_flags_of_other_commands_are_theirs(module):
     assert done.returncode == 0, done.stderr[-2000:]
     for flag in used:
         assert flag in done.stdout, f"{module} has no {flag}"
+
+
+def github_anchor(heading: str) -> str:
+    """The ``#anchor`` GitHub gives a Markdown heading: lower case, punctuation dropped, spaces to hyphens."""
+    text = re.sub(r"[`*_]{2,}|`", "", heading.strip().lower())
+    return re.sub(r"[^\w\- ]", "", text).replace(" ", "-")
+
+
+def anchors(path: Path) -> set[str]:
+    text = re.sub(r"```.*?```", "", path.read_text(), flags=re.S)
+    return {github_anchor(h) for h in re.findall(r"^#+ (.+)$", text, re.M)}
+
+
+@pytest.mark.parametrize("page", ["README.md", *sorted(p.name for p in (ROOT / "docs").glob("*.md"))])
+def test_the_links_of_the_readme_and_docs_lead_somewhere(page):
+    path = ROOT / page if page == "README.md" else ROOT / "docs" / page
+    text = re.sub(r"```.*?```", "", path.read_text(), flags=re.S)
+    links = re.findall(r"\]\(([^)\s]+)\)", text)
+    assert links or page != "README.md"
+    for link in links:
+        if re.match(r"[a-z]+:", link):  # http(s):, mailto:
+            continue
+        target, _, anchor = link.partition("#")
+        target_path = (path.parent / target).resolve() if target else path
+        assert target_path.exists(), f"{page}: {link} leads to no file"
+        if anchor:
+            assert anchor in anchors(target_path), f"{page}: {link} names no heading of {target_path.name}"
