@@ -32,6 +32,19 @@ def encode_png(array):
 # ----------------------------------------------------------------------------------------------- sources
 
 
+def test_training_batches_are_whole_batches_of_each_epochs_order():
+    source = data.Source(name="toy", split="train", num_examples=10, class_names=["a"])
+    epoch0, epoch1 = (np.random.default_rng([3, e]).permutation(10) for e in (0, 1))
+    batches = [source.batch_indices(3, step, 4) for step in range(5)]  # 2 whole batches an epoch; 2 left out
+    np.testing.assert_array_equal(np.concatenate(batches[:2]), epoch0[:8])
+    np.testing.assert_array_equal(np.concatenate(batches[2:4]), epoch1[:8])
+    assert not np.array_equal(epoch0, epoch1)
+    # the kept epoch order follows the seed and epoch asked for, whatever was asked before
+    np.testing.assert_array_equal(source.batch_indices(3, 1, 4), epoch0[4:8])
+    np.testing.assert_array_equal(source.batch_indices(4, 1, 4), np.random.default_rng([4, 0]).permutation(10)[4:8])
+    np.testing.assert_array_equal(source.order(3, 0, shuffle=False), np.arange(10))
+
+
 def test_folder_source_orders_classes_and_converts_modes_to_rgb(tmp_path):
     write_folder(tmp_path, classes=("zebra", "ant"), per_class=1)
     odd = tmp_path / "train" / "ant"

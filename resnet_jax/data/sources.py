@@ -43,12 +43,23 @@ class Source:
     tfds_builder: Any = None  # TFDS: read as a stream of records
     tfds_split: str | None = None
     arrays: tuple[np.ndarray, np.ndarray] | None = None  # synthetic: uint8 images and labels, in memory
+    _last_order: tuple = dataclasses.field(default=(), init=False, repr=False, compare=False)
 
     def order(self, seed: int, epoch: int, shuffle: bool = True) -> np.ndarray:
-        """An image folder's example indices in this epoch's order: a pure function of seed and epoch."""
+        """An image folder's example indices in this epoch's order: a pure function of seed and epoch (the last
+        epoch's is kept, since each batch of an epoch asks for it)."""
         if not shuffle:
             return np.arange(self.num_examples)
-        return np.random.default_rng([seed, epoch]).permutation(self.num_examples)
+        last = self._last_order
+        if last[:2] != (seed, epoch):
+            last = self._last_order = (seed, epoch, np.random.default_rng([seed, epoch]).permutation(self.num_examples))
+        return last[2]
+
+    def batch_indices(self, seed: int, step: int, batch_size: int) -> np.ndarray:
+        """The example indices of global training batch ``step``: epochs in ``order``, each cut into whole batches
+        (its last partial batch dropped)."""
+        epoch, position = divmod(step, self.num_examples // batch_size)
+        return self.order(seed, epoch)[position * batch_size:(position + 1) * batch_size]
 
     def epoch(self, seed: int, epoch: int, shuffle: bool) -> Any:
         """tf.data of (encoded bytes, label) in this epoch's order (a pure function of seed and epoch)."""

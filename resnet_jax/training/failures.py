@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
+
 from resnet_jax import checkpoint, data
 from resnet_jax.training.run import Run
 
@@ -24,12 +26,10 @@ def data_failure(run: Run, source: data.Source, error: Exception, step: int, sav
     where = f"{source.name}:{source.split}"
     if source.paths is not None:
         paths = source.paths
-        if batch_step is not None:
-            config = run.config
-            epoch, position = divmod(batch_step, run.steps_per_epoch)
-            order = source.order(config.seed, epoch)
-            # the failing batch, and those the pipeline may have been prefetching after it
-            paths = source.paths[order[position * config.batch_size:(position + 9) * config.batch_size]]
+        if batch_step is not None:  # the failing batch, and those the pipeline may have been making after it
+            steps = range(batch_step, batch_step + 9)
+            paths = source.paths[np.concatenate([source.batch_indices(run.config.seed, s, run.config.batch_size)
+                                                 for s in steps])]
         bad = data.unreadable_files(list(paths))
         if bad:
             listed = "; ".join(f"{p} ({problem})" for p, problem in bad[:3]) + (" ..." if len(bad) > 3 else "")
