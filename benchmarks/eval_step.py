@@ -29,7 +29,7 @@ def main() -> None:
     model = models.create_model(args.model, dtype=args.dtype)
     mesh = training.make_mesh()
     variables = jax.jit(lambda: model.init(jax.random.key(0), jnp.zeros((1, args.image_size, args.image_size, 3))))()
-    step = evaluation.make_eval_step(model, data.IMAGENET_MEAN, data.IMAGENET_STD)
+    step = evaluation.make_eval_step(evaluation.model_scores(model, data.IMAGENET_MEAN, data.IMAGENET_STD))
     views = (10,) if args.crops == "10" else ()
     rng = np.random.default_rng(0)
     batch = data.to_global({

@@ -4,15 +4,15 @@ from resnet_jax import quiet
 
 quiet.quiet_native_logs()  # before anything imports TensorFlow
 
-__all__ = ["MODELS", "Classifier", "ResNet", "ResidualBlock", "Shortcut", "Stage", "convert_layout", "create_model",
-           "list_models", "load_checkpoint"]
+__all__ = ["MODELS", "Classifier", "Ensemble", "ResNet", "ResidualBlock", "Shortcut", "Stage", "convert_layout",
+           "create_model", "list_models", "load_checkpoint"]
 __version__ = "0.1.0"
 
 # Imported on first use (PEP 562), so that the command-line tools start in a fraction of a second and can take a
 # stop signal before JAX has loaded: the networks pull in JAX and Flax, the checkpoint readers Orbax.
 _LAZY = {"MODELS": "models", "ResidualBlock": "models", "ResNet": "models", "Shortcut": "models", "Stage": "models",
          "convert_layout": "models", "create_model": "models", "list_models": "models",
-         "Classifier": "evaluation", "load_checkpoint": "checkpoint"}
+         "Classifier": "evaluation", "Ensemble": "evaluation", "load_checkpoint": "checkpoint"}
 
 
 def __getattr__(name: str):

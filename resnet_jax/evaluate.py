@@ -4,6 +4,7 @@ and fully-convolutional multi-scale testing (thin CLI over resnet_jax.evaluation
     python -m resnet_jax.evaluate --workdir=runs/r20 [--step=latest|best|N] [--dataset=...] [--split=test] \
         [--crops=center|10|multiscale|all] [--batch_size=N] [--output=eval.json]
     python -m resnet_jax.evaluate --workdir=runs/r20 --images cat.jpg dog.png
+    python -m resnet_jax.evaluate --workdir=runs/r50 --workdir=runs/r101 --crops=10   # an ensemble (Table 5)
 
 The same as ``resnet-jax-evaluate`` and, in a checkout, ``python evaluate.py``.
 """
@@ -17,8 +18,11 @@ from resnet_jax import host_memory
 
 def parse(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--workdir", required=True, help="a training workdir, or one written by resnet_jax.convert")
-    p.add_argument("--step", default="latest", help="latest, best (lowest validation error) or a step number")
+    p.add_argument("--workdir", required=True, action="extend", nargs="+",
+                   help="a training workdir, or one written by resnet_jax.convert; several (repeat the flag, or "
+                        "list them): an ensemble, their softmax scores averaged (Sec. 4.1, Table 5)")
+    p.add_argument("--step", default="latest", help="latest, best (lowest validation error) or a step number "
+                                                    "(of every --workdir)")
     p.add_argument("--dataset", help="TFDS name or folder:/path (default: the run's own dataset)")
     p.add_argument("--data_dir", help="TFDS data_dir")
     p.add_argument("--split", help="default: the run's validation split")
@@ -76,13 +80,19 @@ def main(argv=None) -> int:
 
     from resnet_jax import checkpoint, data, evaluation, storage
 
+    if args.features and len(args.workdir) > 1:
+        sys.exit("error: --features writes one network's embeddings: pass one --workdir")
     try:
-        model, variables, info = checkpoint.load_checkpoint(args.workdir, args.step)
+        members = [evaluation.Classifier(*checkpoint.load_checkpoint(w, args.step), workdir=w) for w in args.workdir]
         if args.output:
             storage.resolve(args.output, "--output")
     except (checkpoint.CheckpointError, storage.StorageError) as e:
         sys.exit(f"error: {e}")
-    clf = evaluation.Classifier(model, variables, info)
+    try:
+        clf = members[0] if len(members) == 1 else evaluation.Ensemble(members)
+    except ValueError as e:  # members that cannot be averaged
+        sys.exit(f"error: {e}")
+    info = clf.info
     if args.images:
         errors = classify(clf, args.images)
         if errors:

@@ -1,12 +1,13 @@
 """Evaluation: top-1/top-5 error over views (center, 10-crop, multi-scale), sharded over all devices.
 
-Scores are softmax probabilities averaged over an example's views (Sec. 3.4: "standard 10-crop testing";
-multi-scale: fully-convolutional scores averaged over scales), as in the paper.
+Scores are softmax probabilities averaged over an example's views, as in the paper (Sec. 3.4: "standard 10-crop
+testing"; multi-scale: fully-convolutional scores averaged over scales), and over the networks of an ``Ensemble``
+(Sec. 4.1, Table 5, which does not say how its networks' scores were combined; averaging is the usual way).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import jax
@@ -56,13 +57,20 @@ def topk_counts(probs: jax.Array, labels: jax.Array, mask: jax.Array) -> dict[st
             "loss": (nll * m).sum()}
 
 
-def make_eval_step(model: Any, mean: Any, std: Any):
+Scores = Callable[[Any, jax.Array], jax.Array]  # (variables, uint8 images or views) -> class probabilities
+
+
+def model_scores(model: Any, mean: Any, std: Any) -> Scores:
+    """``predict_probs`` of one network with its normalisation, as a function of its variables and images."""
+    return lambda variables, images: predict_probs(model, variables, images, mean, std)
+
+
+def make_eval_step(scores: Scores):
     """A jitted ``(variables, batch) -> counts``; the batch may be sharded over any mesh."""
 
     @jax.jit
     def step(variables, batch):
-        probs = predict_probs(model, variables, batch["image"], mean, std)
-        return topk_counts(probs, batch["label"], batch["mask"])
+        return topk_counts(scores(variables, batch["image"]), batch["label"], batch["mask"])
 
     return step
 
@@ -92,10 +100,11 @@ def evaluate(step_fn, variables: Any, batches: Iterable[dict[str, np.ndarray]], 
 VIEWS = {"center": "center crop", "10": "10-crop", "multiscale": "multi-scale (224-640, flips)"}
 
 
-def evaluate_views(clf: Classifier, source: data.Source, modes: Iterable[str], batch_size: int = 100,
+def evaluate_views(clf: Predictor, source: data.Source, modes: Iterable[str], batch_size: int = 100,
                    limit: int | None = None, progress: bool = True) -> list[dict]:
-    """Top-1/top-5 error of a saved model on a split, once per view in ``modes`` ("center", "10",
-    "multiscale"; Sec. 3.4), each with a progress bar on process 0. CIFAR models classify the whole image."""
+    """Top-1/top-5 error of a saved model (or an ensemble's averaged scores) on a split, once per view in
+    ``modes`` ("center", "10", "multiscale"; Sec. 3.4), each with a progress bar on process 0. CIFAR models
+    classify the whole image."""
     from tqdm import tqdm
 
     pre, info = clf.info["preprocessing"], clf.info
@@ -108,16 +117,21 @@ def evaluate_views(clf: Classifier, source: data.Source, modes: Iterable[str], b
         view = f"whole image ({pre['image_size']}x{pre['image_size']})" if cifar else VIEWS[mode]
         bar = tqdm(total=total, desc=view, unit="img", disable=not progress or jax.process_index() != 0)
         if mode == "multiscale":
-            result = evaluate_multiscale(clf.model, clf.variables, source, clf.mean, clf.std, limit=limit,
-                                         progress=bar)
+            if any(np.ndim(member.mean) > 1 for member in clf.members):
+                raise ValueError("multi-scale testing needs per-channel normalisation; this model uses a per-pixel "
+                                 "mean")
+            result = evaluate_multiscale(clf.scores, clf.variables, source, limit=limit, progress=bar)
         else:
-            step_fn = make_eval_step(clf.model, clf.mean, clf.std)
+            step_fn = make_eval_step(clf.scores)
             batches = data.eval_batches(source, batch_size, "cifar" if cifar else mode, pre["image_size"],
                                         pre.get("resize_size"))
             result = evaluate(step_fn, replicated, batches, mesh, progress=bar)
         bar.close()
         results.append(dict(result, crops=mode, view=view, model=info["model"], step=info["step"],
                             dataset=source.name, split=source.split))
+        if isinstance(clf, Ensemble):
+            results[-1]["members"] = [dict(workdir=m.workdir, model=m.info["model"], step=m.info["step"])
+                                      for m in clf.members]
     return results
 
 
@@ -165,13 +179,12 @@ def multiscale_views(encoded: bytes, sizes=data.MULTISCALE_SIZES, multiple: int 
     return views
 
 
-def evaluate_multiscale(model: Any, variables: Any, source: data.Source, mean: Any, std: Any,
-                        sizes=data.MULTISCALE_SIZES, limit: int | None = None, progress: Any = None) -> dict:
+def evaluate_multiscale(scores: Scores, variables: Any, source: data.Source, sizes=data.MULTISCALE_SIZES,
+                        limit: int | None = None, progress: Any = None) -> dict:
     """Softmax scores averaged over scales and flips, one image at a time (shapes vary) on this process's
-    first device; with several processes each takes every P-th example and the counts are summed over all."""
-    if np.asarray(mean).ndim > 1:
-        raise ValueError("multi-scale testing needs per-channel normalisation; this model uses a per-pixel mean")
-    probs_fn = jax.jit(lambda v, x: predict_probs(model, v, x[None], mean, std)[0])
+    first device; with several processes each takes every P-th example and the counts are summed over all.
+    ``scores`` normalises per channel (a per-pixel mean has no meaning at other sizes)."""
+    probs_fn = jax.jit(lambda v, x: scores(v, x[None])[0])
     counts = {"count": 0.0, "top1": 0.0, "top5": 0.0, "loss": 0.0}
     ds = source.epoch(0, 0, shuffle=False)
     if limit:
@@ -194,40 +207,21 @@ def evaluate_multiscale(model: Any, variables: Any, source: data.Source, mean: A
 # -------------------------------------------------------------------------------------------- inference
 
 
-class Classifier:
-    """Inference on a saved run: ``Classifier.from_checkpoint("runs/r20", step="best")``."""
+class Predictor:
+    """What classifying images takes: the views (``image_size``, ``resize_size``, ``preset``), ``scores`` (a
+    function of ``variables`` and the views) and the class names. ``Classifier`` is one network, ``Ensemble``
+    several."""
 
-    def __init__(self, model: Any, variables: Any, info: dict, workdir: str | None = None):
-        self.model, self.variables, self.info = model, variables, info
-        self.workdir = workdir  # the run it was read from, if any (its logged evaluation goes into model cards)
-        pre = info["preprocessing"]
-        self.image_size = pre["image_size"]
-        self.resize_size = pre.get("resize_size")  # the shorter side before the central crop (default 256/224 of it)
-        self.preset = pre.get("eval_preset", "center")
-        self.mean, self.std = np.asarray(pre["mean"], np.float32), np.asarray(pre["std"], np.float32)
-        # class_ids: the dataset's labels (e.g. wnids); class_names: what people read ("goldfish")
-        self.class_ids = [str(c) for c in info.get("class_ids") or info.get("class_names") or range(model.num_classes)]
-        self.class_names = class_names.readable(info.get("class_names") or self.class_ids)
-        self._probs = jax.jit(lambda v, x: predict_probs(model, v, x, self.mean, self.std))
-        self._features = jax.jit(lambda v, x: features(model, v, x, self.mean, self.std))
-        self._responses = jax.jit(lambda v, x: responses.layer_responses(model, v, data.normalize(x, self.mean,
-                                                                                                   self.std)))
-
-    @classmethod
-    def from_checkpoint(cls, workdir: str, step: int | str = "latest") -> Classifier:
-        from resnet_jax import checkpoint
-
-        return cls(*checkpoint.load_checkpoint(workdir, step), workdir=workdir)
-
-    @classmethod
-    def from_pretrained(cls, source: str, step: int | str = "latest") -> Classifier:
-        """A pretrained network in one line: ``source`` is a training or converted workdir, a weights file
-        (.safetensors, .pth, .th), a saved model folder (transformers' ``save_pretrained``) or
-        ``hf:<repo>[@revision]``. The architecture, classes and preprocessing come from the source; other than a
-        workdir, it is converted once into a cache (``resnet_jax.weights.cache_dir()``) and read from there."""
-        from resnet_jax import weights
-
-        return cls.from_checkpoint(weights.pretrained_workdir(source), step)
+    image_size: int
+    resize_size: int | None
+    preset: str
+    variables: Any
+    scores: Scores
+    info: dict
+    class_ids: list[str]
+    class_names: list[str]
+    members: tuple[Classifier, ...]
+    _probs: Scores  # scores, jitted
 
     def preprocess(self, images: Any) -> np.ndarray:
         """File paths -> the checkpoint's evaluation view; uint8 arrays (N, H, W, 3) -> shorter side resized
@@ -254,6 +248,55 @@ class Classifier:
         """Class probabilities (N, classes) for uint8 NHWC images or a list of image files."""
         return np.asarray(self._probs(self.variables, self.preprocess(images)))
 
+    def top_k(self, images: Any, k: int = 5, ids: bool = False) -> tuple[list[list[str]], np.ndarray]:
+        """The k most probable class names (or, with ``ids``, the dataset's class ids such as wnids) and their
+        probabilities, per image."""
+        probs = self.predict(images)
+        order = np.argsort(-probs, axis=1)[:, :k]
+        labels = self.class_ids if ids else self.class_names
+        return [[labels[i] for i in row] for row in order], np.take_along_axis(probs, order, axis=1)
+
+
+class Classifier(Predictor):
+    """Inference on a saved run: ``Classifier.from_checkpoint("runs/r20", step="best")``."""
+
+    def __init__(self, model: Any, variables: Any, info: dict, workdir: str | None = None):
+        self.model, self.variables, self.info = model, variables, info
+        self.workdir = workdir  # the run it was read from, if any (its logged evaluation goes into model cards)
+        pre = info["preprocessing"]
+        self.image_size = pre["image_size"]
+        self.resize_size = pre.get("resize_size")  # the shorter side before the central crop (default 256/224 of it)
+        self.preset = pre.get("eval_preset", "center")
+        self.mean, self.std = np.asarray(pre["mean"], np.float32), np.asarray(pre["std"], np.float32)
+        # class_ids: the dataset's labels (e.g. wnids); class_names: what people read ("goldfish")
+        self.class_ids = [str(c) for c in info.get("class_ids") or info.get("class_names") or range(model.num_classes)]
+        self.class_names = class_names.readable(info.get("class_names") or self.class_ids)
+        self.scores = model_scores(model, self.mean, self.std)
+        self._probs = jax.jit(self.scores)
+        self._features = jax.jit(lambda v, x: features(model, v, x, self.mean, self.std))
+        self._responses = jax.jit(lambda v, x: responses.layer_responses(model, v, data.normalize(x, self.mean,
+                                                                                                   self.std)))
+
+    @property
+    def members(self) -> tuple[Classifier, ...]:
+        return (self,)
+
+    @classmethod
+    def from_checkpoint(cls, workdir: str, step: int | str = "latest") -> Classifier:
+        from resnet_jax import checkpoint
+
+        return cls(*checkpoint.load_checkpoint(workdir, step), workdir=workdir)
+
+    @classmethod
+    def from_pretrained(cls, source: str, step: int | str = "latest") -> Classifier:
+        """A pretrained network in one line: ``source`` is a training or converted workdir, a weights file
+        (.safetensors, .pth, .th), a saved model folder (transformers' ``save_pretrained``) or
+        ``hf:<repo>[@revision]``. The architecture, classes and preprocessing come from the source; other than a
+        workdir, it is converted once into a cache (``resnet_jax.weights.cache_dir()``) and read from there."""
+        from resnet_jax import weights
+
+        return cls.from_checkpoint(weights.pretrained_workdir(source), step)
+
     def features(self, images: Any, stages: bool = False) -> np.ndarray | dict[str, np.ndarray]:
         """Pre-logits embeddings (N, D) of images (as ``predict`` takes them): the globally pooled output of the
         last stage. With ``stages``, a dict that adds the stem's and every stage's feature maps (NHWC)."""
@@ -275,10 +318,52 @@ class Classifier:
         info = dict(self.info, evaluation=logged_evaluation(self.workdir, self.info.get("step")))
         return weights.save_pretrained(self.model, self.variables, info, folder, layout)
 
-    def top_k(self, images: Any, k: int = 5, ids: bool = False) -> tuple[list[list[str]], np.ndarray]:
-        """The k most probable class names (or, with ``ids``, the dataset's class ids such as wnids) and their
-        probabilities, per image."""
-        probs = self.predict(images)
-        order = np.argsort(-probs, axis=1)[:, :k]
-        labels = self.class_ids if ids else self.class_names
-        return [[labels[i] for i in row] for row in order], np.take_along_axis(probs, order, axis=1)
+
+class Ensemble(Predictor):
+    """Several saved networks of the same classes as one classifier, their softmax scores averaged: the paper's
+    ensembles of networks of different depths (Sec. 4.1, Table 5). Every member sees the same views (the
+    same image size and crop), each normalised its own way. ``predict``, ``top_k`` and evaluation take it where
+    they take a Classifier: ``Ensemble.from_checkpoints(["runs/r50", "runs/r101"])``."""
+
+    def __init__(self, members: Sequence[Classifier]):
+        if len(members) < 2:
+            raise ValueError("an ensemble needs two networks or more")
+        first = members[0]
+        for other in members[1:]:
+            problem = _mismatch(first, other)
+            if problem:
+                raise ValueError(f"{_name(other)} cannot join an ensemble with {_name(first)}: {problem}")
+        self.members = tuple(members)
+        self.variables = tuple(m.variables for m in members)
+        self.info = dict(first.info, model="+".join(m.info["model"] for m in members),
+                         step="+".join(str(m.info["step"]) for m in members))
+        self.image_size, self.resize_size, self.preset = first.image_size, first.resize_size, first.preset
+        self.class_ids, self.class_names = first.class_ids, first.class_names
+        self.scores = _averaged(tuple(m.scores for m in members))
+        self._probs = jax.jit(self.scores)
+
+    @classmethod
+    def from_checkpoints(cls, workdirs: Sequence[str], step: int | str = "latest") -> Ensemble:
+        return cls([Classifier.from_checkpoint(w, step) for w in workdirs])
+
+
+def _averaged(member_scores: tuple[Scores, ...]) -> Scores:
+    return lambda variables, images: sum(s(v, images) for s, v in zip(member_scores, variables)) / len(member_scores)
+
+
+def _name(clf: Classifier) -> str:
+    return clf.workdir or clf.info["model"]
+
+
+def _mismatch(a: Classifier, b: Classifier) -> str | None:
+    """Why ``b``'s scores cannot be averaged with ``a``'s, or None."""
+    if a.class_ids != b.class_ids:
+        if len(a.class_ids) != len(b.class_ids):
+            return f"it has {len(b.class_ids)} classes, not {len(a.class_ids)}"
+        i = next(i for i, (x, y) in enumerate(zip(a.class_ids, b.class_ids)) if x != y)
+        return f"its class {i} is {b.class_ids[i]!r}, not {a.class_ids[i]!r}"
+    for field, x, y in (("image_size", a.image_size, b.image_size), ("resize_size", a.resize_size, b.resize_size),
+                        ("eval_preset", a.preset, b.preset)):
+        if x != y:
+            return f"its {field} is {y}, not {x} (the members score the same views)"
+    return None

@@ -32,9 +32,10 @@ def write_images(root: Path, counts=(5, 4, 4), size=(80, 100)) -> Path:
 
 
 def save_run(workdir: Path, name="resnet18", image_size=64, eval_preset="center", dataset=None, num_classes=3,
-             mean=(120.0, 110.0, 100.0), std=(60.0, 60.0, 60.0), step=7):
+             mean=(120.0, 110.0, 100.0), std=(60.0, 60.0, 60.0), step=7, seed=0, fc_scale=1.0):
     model = models.create_model(name, num_classes=num_classes)
-    variables = model.init(jax.random.key(0), jnp.zeros((1, image_size, image_size, 3)))
+    variables = model.init(jax.random.key(seed), jnp.zeros((1, image_size, image_size, 3)))
+    variables["params"]["fc"]["kernel"] = variables["params"]["fc"]["kernel"] * fc_scale  # confident answers
     # non-trivial running statistics, so that eval mode differs from train mode
     variables = {"params": variables["params"],
                  "batch_stats": jax.tree.map(lambda x: x + 0.1, variables["batch_stats"])}
@@ -94,8 +95,8 @@ def test_multiscale_scores_whole_images_at_several_scales(run):
     views = evaluation.multiscale_views(Path(src.paths[0]).read_bytes(), sizes=(64, 96))
     assert [v.shape for v in views] == [(2, 64, 96, 3), (2, 96, 128, 3)]  # 80x100: shorter side -> size
     np.testing.assert_array_equal(views[0][1], views[0][0][:, ::-1])
-    result = evaluation.evaluate_multiscale(model, variables, src, [120.0, 110.0, 100.0], [60.0] * 3,
-                                            sizes=(64, 96))
+    scores = evaluation.model_scores(model, [120.0, 110.0, 100.0], [60.0] * 3)
+    result = evaluation.evaluate_multiscale(scores, variables, src, sizes=(64, 96))
     assert result["num_examples"] == 13 and 0 <= result["top1_error"] <= 100
 
 
@@ -130,6 +131,58 @@ def test_images_flag_prints_top5(run, capsys):
     evaluate.main([f"--workdir={workdir}", "--images", *files])
     out = capsys.readouterr().out
     assert files[0] in out and out.count("%") == 6  # 3 classes listed per file
+
+
+def test_an_ensemble_averages_its_members_softmax_scores(run, tmp_path):
+    """Sec. 4.1 / Table 5: networks of different depths, their softmax scores averaged, each member with its
+    own normalisation, every 10-crop view scored by both."""
+    _, root, _, _ = run
+    first, other = tmp_path / "resnet18", tmp_path / "plain18"
+    # random networks with large classifier weights, so that their scores differ by more than rounding
+    model, variables = save_run(first, dataset=f"folder:{root}", fc_scale=300.0)
+    mean2, std2 = (100.0, 100.0, 100.0), (50.0, 40.0, 30.0)
+    model2, variables2 = save_run(other, name="plain18", dataset=f"folder:{root}", mean=mean2, std=std2, seed=1,
+                                  step=5, fc_scale=300.0)
+    workdir = first
+    out = tmp_path / "ensemble.json"
+    assert evaluate.main([f"--workdir={workdir}", f"--workdir={other}", "--crops=10", "--batch_size=8",
+                          f"--output={out}"]) == 0
+    result = json.loads(out.read_text())
+    src = data.get_source(f"folder:{root}", "val")
+    views = np.stack([data.eval_preprocess(Path(p).read_bytes(), "10", 64).numpy() for p in src.paths])
+    one = direct_probs(model, variables, views).reshape(13, 10, 3).mean(axis=1)
+    x = (views.astype(np.float32) - np.array(mean2)) / np.array(std2)
+    two = np.asarray(jax.nn.softmax(model2.apply(variables2, x.reshape(-1, 64, 64, 3)))).reshape(13, 10, 3)
+    averaged = (one + two.mean(axis=1)) / 2
+
+    def nll(probs):  # the reported loss: the cross-entropy of the scores
+        return np.mean(-np.log(probs[np.arange(13), src.labels]))
+
+    assert result["num_examples"] == 13 and result["model"] == "resnet18+plain18" and result["step"] == "7+5"
+    assert result["loss"] == pytest.approx(nll(averaged), rel=1e-4)
+    assert min(abs(nll(one) - nll(averaged)), abs(nll(two.mean(axis=1)) - nll(averaged))) > 1e-3 * nll(averaged)
+    assert [(m["model"], m["step"]) for m in result["members"]] == [("resnet18", 7), ("plain18", 5)]
+    # the Python API: the same average for files, and top_k from it
+    ensemble = resnet_jax.Ensemble.from_checkpoints([str(workdir), str(other)])
+    files = list(src.paths[:4])
+    members = [resnet_jax.Classifier.from_checkpoint(str(w)) for w in (workdir, other)]
+    np.testing.assert_allclose(ensemble.predict(files), (members[0].predict(files) + members[1].predict(files)) / 2,
+                               rtol=1e-5, atol=1e-7)
+    names, scores = ensemble.top_k(files, k=1)
+    assert names[0][0] in CLASSES and scores.shape == (4, 1)
+
+
+def test_an_ensemble_refuses_members_that_cannot_be_averaged(run, tmp_path):
+    workdir, root, _, _ = run
+    two_classes, small = tmp_path / "two", tmp_path / "small"
+    save_run(two_classes, dataset=f"folder:{root}", num_classes=2)
+    save_run(small, dataset=f"folder:{root}", image_size=32)
+    with pytest.raises(SystemExit, match=r"error: .*two cannot join an ensemble with .*: it has 2 classes, not 3$"):
+        evaluate.main([f"--workdir={workdir}", f"--workdir={two_classes}"])
+    with pytest.raises(SystemExit, match=r"small cannot join .*: its image_size is 32, not 64 \(the members score"):
+        evaluate.main([f"--workdir={workdir}", f"--workdir={small}"])
+    with pytest.raises(SystemExit, match="--features writes one network's embeddings"):
+        evaluate.main([f"--workdir={workdir}", f"--workdir={workdir}", f"--features={tmp_path / 'f.npz'}"])
 
 
 def test_failures_name_the_problem(run, tmp_path):

@@ -167,7 +167,7 @@ class Evaluator:
 
     def __init__(self, run: Run, mesh: jax.sharding.Mesh, check: Callable[[], None]):
         self.run, self.mesh, self.check = run, mesh, check
-        self.step_fn = evaluation.make_eval_step(run.model, run.mean, run.std)
+        self.step_fn = evaluation.make_eval_step(evaluation.model_scores(run.model, run.mean, run.std))
 
     def __call__(self, state: TrainState, step: int, save: Callable, mngr: Any) -> dict:
         run, config = self.run, self.run.config
