@@ -119,9 +119,10 @@ def main(argv=None) -> int:
     results = [dict(r, dataset=dataset) for r in evaluation.evaluate_views(clf, source, modes, args.batch_size,
                                                                             args.limit)]
     if jax.process_index() == 0:
-        print(f"\n{'model':<18} {'step':>7} {'views':<30} {'examples':>9} {'top-1 err':>10} {'top-5 err':>10}")
+        wm, ws = max(18, len(info["model"])), max(7, len(str(info["step"])))  # an ensemble's names are longer
+        print(f"\n{'model':<{wm}} {'step':>{ws}} {'views':<30} {'examples':>9} {'top-1 err':>10} {'top-5 err':>10}")
         for r in results:
-            print(f"{r['model']:<18} {r['step']:>7} {r['view']:<30} {r['num_examples']:>9} "
+            print(f"{r['model']:<{wm}} {r['step']:>{ws}} {r['view']:<30} {r['num_examples']:>9} "
                   f"{r['top1_error']:>9.2f}% {r['top5_error']:>9.2f}%")
         if args.output:
             try:
