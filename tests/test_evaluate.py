@@ -57,8 +57,8 @@ def run(tmp_path_factory):
     return workdir, root, model, variables
 
 
-def direct_probs(model, variables, views):
-    x = (views.astype(np.float32) - np.array([120.0, 110.0, 100.0])) / 60.0
+def direct_probs(model, variables, views, mean=(120.0, 110.0, 100.0), std=60.0):
+    x = (views.astype(np.float32) - np.array(mean)) / np.array(std)
     return np.asarray(jax.nn.softmax(model.apply(variables, x.reshape(-1, *x.shape[-3:]))))
 
 
@@ -143,16 +143,14 @@ def test_an_ensemble_averages_its_members_softmax_scores(run, tmp_path):
     mean2, std2 = (100.0, 100.0, 100.0), (50.0, 40.0, 30.0)
     model2, variables2 = save_run(other, name="plain18", dataset=f"folder:{root}", mean=mean2, std=std2, seed=1,
                                   step=5, fc_scale=300.0)
-    workdir = first
     out = tmp_path / "ensemble.json"
-    assert evaluate.main([f"--workdir={workdir}", f"--workdir={other}", "--crops=10", "--batch_size=8",
+    assert evaluate.main([f"--workdir={first}", f"--workdir={other}", "--crops=10", "--batch_size=8",
                           f"--output={out}"]) == 0
     result = json.loads(out.read_text())
     src = data.get_source(f"folder:{root}", "val")
     views = np.stack([data.eval_preprocess(Path(p).read_bytes(), "10", 64).numpy() for p in src.paths])
     one = direct_probs(model, variables, views).reshape(13, 10, 3).mean(axis=1)
-    x = (views.astype(np.float32) - np.array(mean2)) / np.array(std2)
-    two = np.asarray(jax.nn.softmax(model2.apply(variables2, x.reshape(-1, 64, 64, 3)))).reshape(13, 10, 3)
+    two = direct_probs(model2, variables2, views, mean2, std2).reshape(13, 10, 3)
     averaged = (one + two.mean(axis=1)) / 2
 
     def nll(probs):  # the reported loss: the cross-entropy of the scores
@@ -163,9 +161,9 @@ def test_an_ensemble_averages_its_members_softmax_scores(run, tmp_path):
     assert min(abs(nll(one) - nll(averaged)), abs(nll(two.mean(axis=1)) - nll(averaged))) > 1e-3 * nll(averaged)
     assert [(m["model"], m["step"]) for m in result["members"]] == [("resnet18", 7), ("plain18", 5)]
     # the Python API: the same average for files, and top_k from it
-    ensemble = resnet_jax.Ensemble.from_checkpoints([str(workdir), str(other)])
+    ensemble = resnet_jax.Ensemble.from_checkpoints([str(first), str(other)])
     files = list(src.paths[:4])
-    members = [resnet_jax.Classifier.from_checkpoint(str(w)) for w in (workdir, other)]
+    members = [resnet_jax.Classifier.from_checkpoint(str(w)) for w in (first, other)]
     np.testing.assert_allclose(ensemble.predict(files), (members[0].predict(files) + members[1].predict(files)) / 2,
                                rtol=1e-5, atol=1e-7)
     names, scores = ensemble.top_k(files, k=1)
