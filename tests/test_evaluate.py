@@ -89,7 +89,7 @@ def test_ten_crop_averages_softmax_over_the_ten_views(run, tmp_path):
     assert result["top1_accuracy"] == pytest.approx(100 * np.mean(probs.argmax(1) == src.labels))
 
 
-def test_multiscale_scores_whole_images_at_several_scales(run):
+def test_multiscale_scores_whole_images_at_several_scales(run, tmp_path):
     _, root, model, variables = run
     src = data.get_source(f"folder:{root}", "val")
     views = evaluation.multiscale_views(Path(src.paths[0]).read_bytes(), sizes=(64, 96))
@@ -98,6 +98,14 @@ def test_multiscale_scores_whole_images_at_several_scales(run):
     scores = evaluation.model_scores(model, [120.0, 110.0, 100.0], [60.0] * 3)
     result = evaluation.evaluate_multiscale(scores, variables, src, sizes=(64, 96))
     assert result["num_examples"] == 13 and 0 <= result["top1_error"] <= 100
+    # images of other shapes compile other views, after the first image's (ImageNet's photographs vary)
+    mixed = tmp_path / "mixed"
+    shutil.copytree(root, mixed)
+    rng = np.random.default_rng(1)
+    Image.fromarray(rng.integers(0, 256, (100, 80, 3), dtype=np.uint8)).save(mixed / "val" / "cat" / "tall.png")
+    mixed_src = data.get_source(f"folder:{mixed}", "val")
+    result = evaluation.evaluate_multiscale(scores, variables, mixed_src, sizes=(64, 96))
+    assert result["num_examples"] == 14 and 0 <= result["top1_error"] <= 100
 
 
 def test_cifar_models_refuse_imagenet_views(tmp_path):

@@ -42,8 +42,8 @@ def evaluate_multiscale(scores: Scores, variables: Any, source: data.Source, siz
         ds = ds.take(limit)
     ds = ds.shard(jax.process_count(), jax.process_index())
     for encoded, label in ds.as_numpy_iterator():
-        scores = np.mean([np.asarray(probs_fn(variables, v)) for v in multiscale_views(encoded, sizes)], axis=0)
-        got = topk_counts(jnp.asarray(scores)[None], jnp.asarray([label]), jnp.ones(1, bool))
+        probs = np.mean([np.asarray(probs_fn(variables, v)) for v in multiscale_views(encoded, sizes)], axis=0)
+        got = topk_counts(jnp.asarray(probs)[None], jnp.asarray([label]), jnp.ones(1, bool))
         counts = {k: counts[k] + float(got[k]) for k in counts}
         if progress is not None:
             progress.update(1)
